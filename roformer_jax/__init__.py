@@ -1,0 +1,1 @@
+"""RoFormer and rotary position embedding (RoPE) in JAX and Flax."""
