@@ -1,0 +1,45 @@
+"""Train a model from an experiment config.
+
+  python -m roformer_jax.main --config=configs/tiny_shakespeare.py --workdir=DIR \
+      [--config.train.num_train_steps=5000 ...]
+
+Running the same command again resumes from the latest checkpoint in DIR.
+"""
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from roformer_jax.train.trainer import train_and_evaluate
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Experiment config file, optionally with ':variant'.",
+    lock_config=True,
+)
+flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and the vocabulary."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _main(argv) -> None:
+    del argv
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+def run() -> None:
+    """Console-script entry point (`roformer-train`)."""
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    run()

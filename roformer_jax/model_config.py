@@ -1,0 +1,57 @@
+"""The model hyperparameters as a frozen dataclass.
+
+Experiment files hold an `ml_collections.ConfigDict`; the model reads this
+typed, hashable copy of its `model` group so that Flax modules can take it as
+a field and `jax.jit` can treat it as static.
+"""
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of a RoFormer encoder or causal decoder."""
+
+    vocab_size: int
+    hidden_size: int = 768  # D
+    num_layers: int = 12
+    num_heads: int = 12  # N; the head dimension H is hidden_size // num_heads.
+    mlp_dim: int = 3072  # F
+    embedding_size: int | None = None  # None means hidden_size.
+    type_vocab_size: int = 0  # 0 disables token-type embeddings.
+    max_position_embeddings: int = 512  # Table size of learned positions.
+    position_encoding: str = "rope"
+    rotary_base: float = 10000.0
+    rotary_layout: str = "interleaved"
+    rotary_dim: int | None = None  # None rotates the whole head.
+    rotary_value: bool = False
+    causal: bool = False
+    pre_layer_norm: bool = False
+    layer_norm_epsilon: float = 1e-12
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    initializer_range: float = 0.02
+    dtype: str = "float32"  # Compute dtype; parameters stay float32.
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    @classmethod
+    def from_config(cls, model_config: Any, **overrides: Any) -> "ModelConfig":
+        """Build from a `config.model` group; fields it lacks keep defaults."""
+        values = dict(model_config)
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(
+                f"Unknown model config fields {unknown}; valid fields are "
+                f"{sorted(names)}."
+            )
+        values.update(overrides)
+        return cls(**values)

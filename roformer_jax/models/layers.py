@@ -1,0 +1,201 @@
+"""Building blocks of the RoFormer transformer.
+
+Dimension alphabet: B batch, T query length, S key length, N heads, H head
+dim, D model dim, E embedding dim, F feed-forward dim, V vocabulary.
+Parameters carry logical sharding axes (`vocab`, `embed`, `heads`, `kv`,
+`mlp`); `roformer_jax.train.mesh` maps them to mesh axes.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from roformer_jax import positions as position_encodings
+from roformer_jax.attention import masks, softmax
+from roformer_jax.model_config import ModelConfig
+
+Array = jax.Array
+
+
+def dense_init(config: ModelConfig, axes: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(
+        nn.initializers.normal(config.initializer_range), axes
+    )
+
+
+def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_epsilon,
+        dtype=config.dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+class Embeddings(nn.Module):
+    """Token, token-type and absolute position embeddings, then LayerNorm.
+
+    With pre-LayerNorm blocks the LayerNorm here is skipped, because every
+    block normalises its own input. When `embedding_size` differs from
+    `hidden_size`, a dense layer projects E to D.
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        config = self.config
+        self.token = nn.Embed(
+            config.vocab_size,
+            config.embedding_dim,
+            embedding_init=dense_init(config, ("vocab", "embed")),
+            name="token",
+        )
+        if config.type_vocab_size:
+            self.token_type = nn.Embed(
+                config.type_vocab_size,
+                config.embedding_dim,
+                embedding_init=dense_init(config, (None, "embed")),
+                name="token_type",
+            )
+        encoding = position_encodings.get(config.position_encoding)
+        self.position = encoding(config, name="position")
+        if not config.pre_layer_norm:
+            self.layer_norm = layer_norm(config, "layer_norm")
+        self.dropout = nn.Dropout(config.dropout_rate)
+        if config.embedding_dim != config.hidden_size:
+            self.projection = nn.Dense(
+                config.hidden_size,
+                dtype=config.dtype,
+                kernel_init=dense_init(config, (None, "embed")),
+                name="projection",
+            )
+
+    def attend(self, x: Array) -> Array:
+        """Project `[B, T, E]` onto the token embeddings: `[B, T, V]` logits."""
+        return self.token.attend(x)
+
+    def __call__(self, tokens, positions, token_types, *, deterministic: bool):
+        config = self.config
+        x = self.token(tokens)  # [B, T, E]
+        if config.type_vocab_size:
+            if token_types is None:
+                token_types = jnp.zeros_like(tokens)
+            x = x + self.token_type(token_types)
+        absolute = self.position.embed(positions)
+        if absolute is not None:
+            x = x + absolute
+        if not config.pre_layer_norm:
+            x = self.layer_norm(x)
+        x = self.dropout(x, deterministic=deterministic)
+        if config.embedding_dim != config.hidden_size:
+            x = self.projection(x)
+        return x.astype(config.dtype)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with the configured position encoding."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, mask, *, deterministic: bool):
+        config = self.config
+        n, h = config.num_heads, config.head_dim
+
+        def project(name):
+            return nn.DenseGeneral(
+                (n, h),
+                dtype=config.dtype,
+                kernel_init=dense_init(config, ("embed", "heads", "kv")),
+                bias_init=nn.with_logical_partitioning(
+                    nn.initializers.zeros, ("heads", "kv")
+                ),
+                name=name,
+            )(x)  # [B, T, D] -> [B, T, N, H]
+
+        q, k, v = project("query"), project("key"), project("value")
+        encoding = position_encodings.get(config.position_encoding)
+        q, k, v, bias = encoding(config, name="position").transform(
+            q, k, v, positions, positions
+        )
+        use_dropout = not deterministic and config.attention_dropout_rate > 0.0
+        if use_dropout:
+            out = softmax.einsum_attention(
+                q,
+                k,
+                v,
+                mask=mask,
+                bias=bias,
+                dropout_rate=config.attention_dropout_rate,
+                dropout_rng=self.make_rng("dropout"),
+            )
+        else:
+            out = softmax.fused_attention(q, k, v, mask=mask, bias=bias)
+        return nn.DenseGeneral(
+            config.hidden_size,
+            axis=(-2, -1),
+            dtype=config.dtype,
+            kernel_init=dense_init(config, ("heads", "kv", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="output",
+        )(out)  # [B, T, N, H] -> [B, T, D]
+
+
+class FeedForward(nn.Module):
+    """Dense D -> F, exact GELU, dense F -> D, as in BERT and RoFormer."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool):
+        config = self.config
+        x = nn.Dense(
+            config.mlp_dim,
+            dtype=config.dtype,
+            kernel_init=dense_init(config, ("embed", "mlp")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
+            name="intermediate",
+        )(x)
+        x = nn.gelu(x, approximate=False)
+        x = nn.Dense(
+            config.hidden_size,
+            dtype=config.dtype,
+            kernel_init=dense_init(config, ("mlp", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="output",
+        )(x)
+        return x
+
+
+class Block(nn.Module):
+    """One transformer layer, post-LayerNorm (BERT, RoFormer) or pre-LayerNorm."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, mask, *, deterministic: bool):
+        config = self.config
+        dropout = nn.Dropout(config.dropout_rate)
+        attention = SelfAttention(config, name="attention")
+        feed_forward = FeedForward(config, name="feed_forward")
+        norm_attention = layer_norm(config, "attention_layer_norm")
+        norm_feed_forward = layer_norm(config, "feed_forward_layer_norm")
+        if config.pre_layer_norm:
+            y = attention(
+                norm_attention(x), positions, mask, deterministic=deterministic
+            )
+            x = x + dropout(y, deterministic=deterministic)
+            y = feed_forward(norm_feed_forward(x), deterministic=deterministic)
+            return x + dropout(y, deterministic=deterministic)
+        y = attention(x, positions, mask, deterministic=deterministic)
+        x = norm_attention(x + dropout(y, deterministic=deterministic))
+        y = feed_forward(x, deterministic=deterministic)
+        return norm_feed_forward(x + dropout(y, deterministic=deterministic))
+
+
+def attention_mask(config: ModelConfig, segment_ids: Array) -> Array:
+    """The `[B, 1, T, S]` mask for padding, packing and (if causal) order."""
+    length = segment_ids.shape[1]
+    causal = masks.causal_mask(length, length) if config.causal else None
+    return masks.combine(masks.segment_mask(segment_ids, segment_ids), causal)

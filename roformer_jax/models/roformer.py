@@ -1,0 +1,111 @@
+"""RoFormer models: the encoder, the causal decoder, and their LM heads.
+
+Dimension alphabet: B batch, T length, D model dim, E embedding dim, V
+vocabulary. Every model takes explicit `positions` and `segment_ids`
+(`[B, T]` int32; segment 0 marks padding, distinct ids separate packed
+documents), so decoding offsets, packing and left padding share one path.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from roformer_jax.model_config import ModelConfig
+from roformer_jax.models.layers import (
+    Block,
+    Embeddings,
+    attention_mask,
+    dense_init,
+    layer_norm,
+)
+
+Array = jax.Array
+
+
+class Transformer(nn.Module):
+    """Embeddings and a stack of blocks; the encoder or, if causal, decoder."""
+
+    config: ModelConfig
+
+    def setup(self):
+        config = self.config
+        self.embeddings = Embeddings(config)
+        self.blocks = [
+            Block(config, name=f"layer_{i}") for i in range(config.num_layers)
+        ]
+        if config.pre_layer_norm:
+            self.final_layer_norm = layer_norm(config, "final_layer_norm")
+
+    def __call__(
+        self,
+        tokens: Array,
+        positions: Array,
+        segment_ids: Array,
+        token_types: Array | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> Array:
+        """Return `[B, T, D]` hidden states for `[B, T]` int32 tokens."""
+        x = self.embeddings(tokens, positions, token_types, deterministic=deterministic)
+        mask = attention_mask(self.config, segment_ids)
+        for block in self.blocks:
+            x = block(x, positions, mask, deterministic=deterministic)
+        if self.config.pre_layer_norm:
+            x = self.final_layer_norm(x)
+        return x
+
+    def attend(self, x: Array) -> Array:
+        return self.embeddings.attend(x)
+
+
+class LMHead(nn.Module):
+    """Dense D -> E, GELU, LayerNorm, then the tied token embeddings plus a
+    bias: the masked-LM head of BERT and RoFormer, also used for causal LM."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, transformer: Transformer) -> Array:
+        config = self.config
+        x = nn.Dense(
+            config.embedding_dim,
+            dtype=config.dtype,
+            kernel_init=dense_init(config, ("embed", None)),
+            name="transform",
+        )(x)
+        x = nn.gelu(x, approximate=False)
+        x = layer_norm(config, "layer_norm")(x)
+        logits = transformer.attend(x.astype(jnp.float32))  # [B, T, V]
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+            (config.vocab_size,),
+        )
+        return logits + bias
+
+
+class LanguageModel(nn.Module):
+    """A transformer with the tied LM head: masked LM unless `config.causal`.
+
+    Returns float32 `[B, T, V]` logits.
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        self.transformer = Transformer(self.config, name="transformer")
+        self.lm_head = LMHead(self.config, name="lm_head")
+
+    def __call__(
+        self,
+        tokens: Array,
+        positions: Array,
+        segment_ids: Array,
+        token_types: Array | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> Array:
+        x = self.transformer(
+            tokens, positions, segment_ids, token_types, deterministic=deterministic
+        )
+        return self.lm_head(x, self.transformer)

@@ -1,0 +1,317 @@
+"""The trainer, in named phases: setup, data, model and state, restore, loop.
+
+Experiments, tests and notebooks call `train_and_evaluate(config, workdir)`;
+there is no other training loop.
+"""
+
+import dataclasses
+import logging
+import math
+import os
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from roformer_jax.data.prefetch import Prefetcher
+from roformer_jax.data.windows import eval_batches
+from roformer_jax.models import LanguageModel
+from roformer_jax.train import mesh as mesh_lib
+from roformer_jax.train import perf
+from roformer_jax.train.checkpoint import Checkpointer
+from roformer_jax.train.inputs import LanguageModelData, load_language_model_data
+from roformer_jax.train.metrics import MetricWriter, Progress, format_duration
+from roformer_jax.train.optimizer import make_optimizer
+from roformer_jax.train.state import (
+    TrainState,
+    create_sharded_state,
+    parameter_count,
+    parameter_table,
+)
+from roformer_jax.train.steps import Steps, make_steps
+from roformer_jax.train.validation import validate_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop needs, built by the setup phases."""
+
+    config: object
+    workdir: str
+    mesh: Mesh
+    data: LanguageModelData
+    model: LanguageModel
+    steps: Steps
+    state: TrainState
+    start_step: int
+    checkpointer: Checkpointer
+    writer: MetricWriter
+    flops_per_step: float
+    peak_flops_per_second: float
+
+
+def _write_config(config, workdir: str) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    logger.info("Config:\n%s", config)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as file:
+            file.write(config.to_json_best_effort(indent=2))
+
+
+def _global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Place this process's rows of a global batch into a sharded array."""
+    sharding = mesh_lib.batch_sharding(mesh)
+    processes, index = jax.process_count(), jax.process_index()
+
+    def place(array: np.ndarray) -> jax.Array:
+        rows = array.shape[0] // processes
+        local = array[index * rows : (index + 1) * rows]
+        return jax.make_array_from_process_local_data(sharding, local, array.shape)
+
+    return {name: place(array) for name, array in batch.items()}
+
+
+def _peak_flops(config, mesh: Mesh) -> float:
+    """Peak FLOP/s of the whole mesh: configured, or measured on device 0.
+
+    Fake CPU devices share one host's cores, so on CPU the peak of one
+    device is the peak of the mesh.
+    """
+    per_device = config.train.peak_flops_per_second
+    if per_device is None:
+        per_device = perf.measure_matmul_peak()
+        logger.info(
+            "Measured float32 matmul peak: %.1f GFLOP/s per device.", per_device / 1e9
+        )
+    if jax.devices()[0].platform == "cpu":
+        return per_device
+    return per_device * mesh.devices.size
+
+
+def setup(config, workdir: str) -> Run:
+    """Validate, build mesh, data, model and state, and restore if possible."""
+    validate_config(config, device_count=jax.device_count())
+    _write_config(config, workdir)
+    mesh = mesh_lib.make_mesh(config.mesh)
+    rules = mesh_lib.axis_rules(config.mesh)
+    logger.info("Mesh %s over %d devices.", dict(mesh.shape), mesh.devices.size)
+
+    data = load_language_model_data(config, workdir)
+    model_config = validate_config(
+        config, device_count=jax.device_count(), vocab_size=data.vocab.size
+    )
+    model = LanguageModel(model_config)
+    tx, schedule = make_optimizer(config.optim, config.train.num_train_steps)
+    with nn.logical_axis_rules(rules):
+        sharded = create_sharded_state(
+            model,
+            tx,
+            jax.random.PRNGKey(config.seed),
+            mesh,
+            rules,
+            seq_len=config.data.seq_len,
+        )
+    num_params = parameter_count(sharded.state.params)
+    logger.info(
+        "Parameters (%s):\n%s", f"{num_params:,}", parameter_table(sharded.state.params)
+    )
+
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=config.train.max_checkpoints_to_keep,
+    )
+    state, start_step = _restore(checkpointer, sharded)
+    steps = make_steps(
+        model, tx, schedule, sharded.shardings, mesh, dropout_seed=config.seed + 1
+    )
+    flops = perf.model_flops_per_step(
+        num_params=num_params,
+        num_layers=model_config.num_layers,
+        hidden_size=model_config.hidden_size,
+        seq_len=config.data.seq_len,
+        batch_size=config.data.global_batch_size,
+    )
+    return Run(
+        config=config,
+        workdir=workdir,
+        mesh=mesh,
+        data=data,
+        model=model,
+        steps=steps,
+        state=state,
+        start_step=start_step,
+        checkpointer=checkpointer,
+        writer=MetricWriter(workdir, tensorboard=config.train.tensorboard),
+        flops_per_step=flops,
+        peak_flops_per_second=_peak_flops(config, mesh),
+    )
+
+
+def _restore(checkpointer: Checkpointer, sharded) -> tuple[TrainState, int]:
+    step = checkpointer.latest_step()
+    if step is None:
+        logger.info("No checkpoint found; starting from step 0.")
+        return sharded.state, 0
+    state, data_state = checkpointer.restore(step, sharded.abstract)
+    if data_state["next_step"] != step:
+        raise ValueError(
+            f"Checkpoint {step} records data position {data_state['next_step']}; "
+            "the checkpoint is inconsistent. Delete it or use a new --workdir."
+        )
+    logger.info("Restored checkpoint at step %d.", step)
+    return state, step
+
+
+def evaluate(run: Run, params) -> dict[str, float]:
+    """Exact per-character metrics over the validation split."""
+    data = run.config.data
+    batches = eval_batches(
+        run.data.validation_tokens,
+        seq_len=data.seq_len,
+        batch_size=data.eval_batch_size,
+    )
+    totals = {"loss_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
+    for index, batch in enumerate(batches):
+        if (
+            run.config.train.eval_max_batches is not None
+            and index >= run.config.train.eval_max_batches
+        ):
+            break
+        sums = jax.device_get(
+            run.steps.evaluate(params, _global_batch(batch, run.mesh))
+        )
+        for key in totals:
+            totals[key] += float(sums[key])
+    loss = totals["loss_sum"] / max(totals["weight_sum"], 1.0)
+    return {
+        "eval/loss": loss,
+        "eval/accuracy": totals["correct_sum"] / max(totals["weight_sum"], 1.0),
+        "eval/bits_per_character": loss / math.log(2.0),
+        "eval/perplexity": math.exp(min(loss, 50.0)),
+    }
+
+
+def _mean_metrics(pending: list[dict]) -> dict[str, float]:
+    fetched = jax.device_get(pending)
+    return {key: float(np.mean([row[key] for row in fetched])) for key in fetched[0]}
+
+
+def _log_train(
+    run: Run, step: int, pending: list[dict], progress: Progress, prefetcher
+) -> None:
+    metrics = _mean_metrics(pending)
+    if not all(math.isfinite(value) for value in metrics.values()):
+        raise FloatingPointError(
+            f"Non-finite training metrics at step {step}: {metrics}. Lower "
+            "optim.learning_rate, raise optim.warmup_steps, or check the data; "
+            "the last checkpoint is intact."
+        )
+    rates = progress.report(step)
+    wait = prefetcher.take_wait_seconds()
+    interval = len(pending) / max(rates["perf/steps_per_second"], 1e-9)
+    metrics.update(rates)
+    metrics["perf/input_wait_fraction"] = min(wait / max(interval, 1e-9), 1.0)
+    metrics["perf/mfu"] = (
+        rates["perf/steps_per_second"] * run.flops_per_step / run.peak_flops_per_second
+    )
+    run.writer.write_scalars(step, metrics)
+    logger.info(
+        "step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  %.0f tokens/s  MFU %.1f%%  input wait %.1f%%  ETA %s",
+        step,
+        run.config.train.num_train_steps,
+        metrics["train/loss"],
+        metrics["train/learning_rate"],
+        rates["perf/steps_per_second"],
+        rates["perf/tokens_per_second"],
+        100 * metrics["perf/mfu"],
+        100 * metrics["perf/input_wait_fraction"],
+        format_duration(rates["perf/eta_seconds"]),
+    )
+
+
+def _evaluate_and_log(run: Run, step: int) -> dict[str, float]:
+    start = time.perf_counter()
+    metrics = evaluate(run, run.state.params)
+    metrics["perf/eval_seconds"] = time.perf_counter() - start
+    run.writer.write_scalars(step, metrics)
+    logger.info(
+        "eval at step %d: loss %.4f  %.4f bits/char  accuracy %.4f  perplexity %.3f",
+        step,
+        metrics["eval/loss"],
+        metrics["eval/bits_per_character"],
+        metrics["eval/accuracy"],
+        metrics["eval/perplexity"],
+    )
+    return metrics
+
+
+def train_loop(run: Run) -> dict[str, float]:
+    """Train from `run.start_step` to `train.num_train_steps`; return the
+    last evaluation metrics (an empty dict if no step ran)."""
+    train_config = run.config.train
+    total = train_config.num_train_steps
+    if run.start_step >= total:
+        logger.info(
+            "Checkpoint step %d already reaches train.num_train_steps=%d.",
+            run.start_step,
+            total,
+        )
+        return {}
+    tokens_per_step = run.config.data.global_batch_size * run.config.data.seq_len
+    progress = Progress(run.start_step, total, tokens_per_step)
+    prefetcher = Prefetcher(
+        run.data.train.batch,
+        run.start_step,
+        buffer_size=run.config.data.prefetch_batches,
+    )
+    pending: list[dict] = []
+    eval_metrics: dict[str, float] = {}
+    try:
+        for step in range(run.start_step + 1, total + 1):
+            _, batch = prefetcher.next()
+            first = step == run.start_step + 1
+            if first:
+                compile_start = time.perf_counter()
+            run.state, metrics = run.steps.train(
+                run.state, _global_batch(batch, run.mesh)
+            )
+            pending.append(metrics)
+            if first:
+                jax.block_until_ready(run.state)
+                logger.info(
+                    "First step (compile included) took %.1f s.",
+                    time.perf_counter() - compile_start,
+                )
+                progress.restart_clock(step)
+                prefetcher.take_wait_seconds()
+            last = step == total
+            if step % train_config.log_every_steps == 0 or last:
+                _log_train(run, step, pending, progress, prefetcher)
+                pending.clear()
+            paused = False
+            if step % train_config.eval_every_steps == 0 or last:
+                eval_metrics = _evaluate_and_log(run, step)
+                paused = True
+            if step % train_config.checkpoint_every_steps == 0 or last:
+                run.checkpointer.save(step, run.state, {"next_step": step})
+                paused = True
+            if paused:
+                progress.restart_clock(step)
+    finally:
+        prefetcher.close()
+        run.checkpointer.wait()
+    return eval_metrics
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+    """Train `config` in `workdir`, resuming from its latest checkpoint."""
+    run = setup(config, workdir)
+    try:
+        return train_loop(run)
+    finally:
+        run.checkpointer.close()
+        run.writer.close()

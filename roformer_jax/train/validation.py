@@ -1,0 +1,106 @@
+"""Checks on a whole experiment config, run before anything compiles."""
+
+import math
+
+from roformer_jax import positions as position_encodings
+from roformer_jax.model_config import ModelConfig
+from roformer_jax.train import mesh as mesh_lib
+
+VALID_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and the fix."""
+
+
+def _check_positive(name: str, value) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"{name}={value!r} is invalid; it must be a positive integer."
+        )
+
+
+def _check_mesh_and_batch(config, device_count: int) -> None:
+    try:
+        shape = mesh_lib.resolve_mesh_shape(config.mesh, device_count)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    sizes = dict(zip(mesh_lib.MESH_AXES, shape, strict=True))
+    parallel = math.prod(sizes[axis] for axis in mesh_lib.BATCH_MESH_AXES)
+    for name in ("global_batch_size", "eval_batch_size"):
+        batch_size = config.data[name]
+        _check_positive(f"data.{name}", batch_size)
+        if batch_size % parallel:
+            raise ConfigError(
+                f"data.{name}={batch_size} is not divisible by the {parallel} "
+                f"devices of the mesh's data and fsdp axes ({sizes}); use a "
+                f"multiple of {parallel}."
+            )
+
+
+def _check_model(config, model: ModelConfig) -> None:
+    names = position_encodings.registered_names()
+    if model.position_encoding not in names:
+        raise ConfigError(
+            f"model.position_encoding={model.position_encoding!r} is unknown; "
+            f"valid names are {names}."
+        )
+    if model.hidden_size % model.num_heads:
+        raise ConfigError(
+            f"model.hidden_size={model.hidden_size} is not divisible by "
+            f"model.num_heads={model.num_heads}."
+        )
+    if model.dtype not in VALID_DTYPES:
+        raise ConfigError(
+            f"model.dtype={model.dtype!r} is invalid; use one of {VALID_DTYPES}."
+        )
+    if model.position_encoding == "rope":
+        rotated = model.rotary_dim or model.head_dim
+        if rotated % 2 or rotated > model.head_dim or rotated < 1:
+            raise ConfigError(
+                f"model.rotary_dim={model.rotary_dim} is invalid for head dim "
+                f"{model.head_dim}; it must be even and at most the head dim."
+            )
+        if model.rotary_layout not in ("interleaved", "half"):
+            raise ConfigError(
+                f"model.rotary_layout={model.rotary_layout!r} is invalid; use "
+                "'interleaved' or 'half'."
+            )
+    max_length = position_encodings.get(model.position_encoding)(model).max_length()
+    if max_length is not None and config.data.seq_len > max_length:
+        raise ConfigError(
+            f"data.seq_len={config.data.seq_len} exceeds "
+            f"model.max_position_embeddings={max_length} of the "
+            f"{model.position_encoding!r} position encoding; raise "
+            "model.max_position_embeddings or shorten data.seq_len."
+        )
+
+
+def validate_config(config, *, device_count: int, vocab_size: int = 1) -> ModelConfig:
+    """Raise ConfigError on the first invalid value; return the ModelConfig."""
+    train = config.train
+    for name in (
+        "num_train_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "log_every_steps",
+        "max_checkpoints_to_keep",
+    ):
+        _check_positive(f"train.{name}", train[name])
+    _check_positive("data.seq_len", config.data.seq_len)
+    if not 0 <= config.optim.warmup_steps <= train.num_train_steps:
+        raise ConfigError(
+            f"optim.warmup_steps={config.optim.warmup_steps} must be between 0 "
+            f"and train.num_train_steps={train.num_train_steps}."
+        )
+    if config.optim.decay not in ("cosine", "linear"):
+        raise ConfigError(
+            f"optim.decay={config.optim.decay!r} is invalid; use 'cosine' or 'linear'."
+        )
+    try:
+        model = ModelConfig.from_config(config.model, vocab_size=vocab_size)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from error
+    _check_model(config, model)
+    _check_mesh_and_batch(config, device_count)
+    return model
