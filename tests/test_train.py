@@ -105,8 +105,7 @@ def test_resume_is_bitwise_identical(tfds_dir, tmp_path):
     uninterrupted = smoke_config(tfds_dir, train__num_train_steps=6)
     train_and_evaluate(uninterrupted, str(tmp_path / "straight"))
 
-    stopped = smoke_config(tfds_dir, train__num_train_steps=4)
-    train_and_evaluate(stopped, str(tmp_path / "resumed"))
+    train_and_evaluate(uninterrupted, str(tmp_path / "resumed"), stop_after_step=3)
     train_and_evaluate(uninterrupted, str(tmp_path / "resumed"))
 
     straight = _final_params(tmp_path / "straight", uninterrupted)
@@ -123,7 +122,9 @@ def test_resume_is_bitwise_identical(tfds_dir, tmp_path):
     ("overrides", "message"),
     [
         ({"mesh__data": 16}, "needs 16 devices"),
-        ({"mesh__data": 3}, "does not divide"),
+        ({"mesh__fsdp": 3}, "does not divide"),
+        ({"mesh__data": 3}, r"data.global_batch_size=8 is not divisible by the 3"),
+        ({"mesh__data": -1, "mesh__tensor": -1}, "Only one mesh axis may be -1"),
         ({"mesh__fsdp": 0}, r"mesh.fsdp=0 is invalid"),
         (
             {"data__global_batch_size": 12},

@@ -69,8 +69,7 @@ def create_sharded_state(
     specs = nn.get_partition_spec(boxed)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
     init = jax.jit(lambda key: nn.meta.unbox(init_boxed(key)), out_shardings=shardings)
-    with mesh:
-        state = init(rng)
+    state = init(rng)
     abstract = jax.tree.map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(
             leaf.shape, leaf.dtype, sharding=sharding

@@ -41,10 +41,6 @@ def _forward(model: nn.Module, params, batch: Batch, *, deterministic: bool, rng
     )
 
 
-def _global_norm(tree) -> jax.Array:
-    return optax.global_norm(tree)
-
-
 @dataclasses.dataclass(frozen=True)
 class Steps:
     """The compiled train and eval steps for one mesh."""
@@ -86,9 +82,9 @@ def make_steps(
             "train/accuracy": sums["correct_sum"]
             / jnp.maximum(sums["weight_sum"], 1.0),
             "train/learning_rate": schedule(state.step),
-            "train/grad_norm": _global_norm(grads),
-            "train/param_norm": _global_norm(params),
-            "train/update_norm": _global_norm(updates),
+            "train/grad_norm": optax.tree.norm(grads),
+            "train/param_norm": optax.tree.norm(params),
+            "train/update_norm": optax.tree.norm(updates),
         }
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics

@@ -249,9 +249,13 @@ def _evaluate_and_log(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
-def train_loop(run: Run) -> dict[str, float]:
+def train_loop(run: Run, *, stop_after_step: int | None = None) -> dict[str, float]:
     """Train from `run.start_step` to `train.num_train_steps`; return the
-    last evaluation metrics (an empty dict if no step ran)."""
+    last evaluation metrics (an empty dict if no step ran).
+
+    `stop_after_step` ends the loop early, after that step's checkpoint, as a
+    preemption would; the schedule still spans `train.num_train_steps`.
+    """
     train_config = run.config.train
     total = train_config.num_train_steps
     if run.start_step >= total:
@@ -296,9 +300,13 @@ def train_loop(run: Run) -> dict[str, float]:
             if step % train_config.eval_every_steps == 0 or last:
                 eval_metrics = _evaluate_and_log(run, step)
                 paused = True
-            if step % train_config.checkpoint_every_steps == 0 or last:
+            stopping = step == stop_after_step
+            if step % train_config.checkpoint_every_steps == 0 or last or stopping:
                 run.checkpointer.save(step, run.state, {"next_step": step})
                 paused = True
+            if stopping:
+                logger.info("Stopping after step %d as requested.", step)
+                break
             if paused:
                 progress.restart_clock(step)
     finally:
@@ -307,11 +315,16 @@ def train_loop(run: Run) -> dict[str, float]:
     return eval_metrics
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-    """Train `config` in `workdir`, resuming from its latest checkpoint."""
+def train_and_evaluate(
+    config, workdir: str, *, stop_after_step: int | None = None
+) -> dict[str, float]:
+    """Train `config` in `workdir`, resuming from its latest checkpoint.
+
+    `stop_after_step` simulates a preemption; see `train_loop`.
+    """
     run = setup(config, workdir)
     try:
-        return train_loop(run)
+        return train_loop(run, stop_after_step=stop_after_step)
     finally:
         run.checkpointer.close()
         run.writer.close()
