@@ -3,6 +3,8 @@
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -64,7 +66,10 @@ def test_train_step_lowers_loss(tfds_dir, tmp_path):
 
 
 def test_run_writes_metrics_and_checkpoints(tfds_dir, tmp_path):
-    final = train_and_evaluate(smoke_config(tfds_dir), str(tmp_path))
+    final = train_and_evaluate(
+        smoke_config(tfds_dir, train__tensorboard=True), str(tmp_path)
+    )
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     rows = metrics_lib.read_metrics(str(tmp_path))
     keys = set().union(*rows)
     for key in (
@@ -160,8 +165,14 @@ def test_invalid_config_fails_before_work(tfds_dir, tmp_path):
 def test_mismatched_checkpoint_rejected(tfds_dir, tmp_path):
     train_and_evaluate(smoke_config(tfds_dir), str(tmp_path))
     wider = smoke_config(tfds_dir, model__hidden_size=64, train__num_train_steps=6)
-    with pytest.raises(ValueError, match="does not match"):
+    expected = r"shape of params/transformer/embeddings/token/embedding: checkpoint \(\d+, 32\), model \(\d+, 64\)"
+    with pytest.raises(ValueError, match=expected):
         train_and_evaluate(wider, str(tmp_path))
+    deeper = smoke_config(tfds_dir, model__num_layers=3, train__num_train_steps=6)
+    with pytest.raises(
+        ValueError, match="missing from checkpoint: params/transformer/layer_2/"
+    ):
+        train_and_evaluate(deeper, str(tmp_path))
 
 
 def test_checkpointer_keeps_last(tmp_path):
@@ -173,3 +184,50 @@ def test_checkpointer_keeps_last(tmp_path):
     assert checkpointer.latest_step() == 3
     assert sorted(os.listdir(tmp_path)) == ["2", "3"]
     checkpointer.close()
+
+
+def test_command_line_overrides(tfds_dir, tmp_path):
+    """The documented command trains, with --config.a.b overrides applied."""
+    command = [
+        sys.executable,
+        "-m",
+        "roformer_jax.main",
+        "--config=configs/tiny_shakespeare.py:smoke",
+        f"--workdir={tmp_path}",
+        f"--config.data.manual_dir={SHARED_COPY}",
+        f"--config.data.data_dir={tfds_dir}",
+        "--config.train.num_train_steps=3",
+        "--config.train.tensorboard=False",
+    ]
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        command, cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "step 3/3" in result.stderr
+    assert (
+        json.loads((tmp_path / "config.json").read_text())["train"]["num_train_steps"]
+        == 3
+    )
+    assert [
+        row["step"]
+        for row in metrics_lib.read_metrics(str(tmp_path))
+        if "train/loss" in row
+    ] == [2, 3]
+
+
+def test_command_line_rejects_unknown_field(tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "roformer_jax.main",
+        "--config=configs/tiny_shakespeare.py:smoke",
+        f"--workdir={tmp_path}",
+        "--config.train.num_steps=3",
+    ]
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        command, cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    assert "num_steps" in result.stderr

@@ -3,6 +3,7 @@
 import logging
 import os
 
+import jax
 import orbax.checkpoint as ocp
 
 from roformer_jax.train.state import TrainState
@@ -22,7 +23,10 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             os.path.abspath(directory),
             options=options,
-            item_names=("state", "data"),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> int | None:
@@ -44,7 +48,22 @@ class Checkpointer:
         logger.info("Saving checkpoint at step %d.", step)
 
     def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict]:
-        """Restore `step` into the shapes, dtypes and shardings given."""
+        """Restore `step` into the shapes, dtypes and shardings given.
+
+        Raises:
+          ValueError: the checkpoint's arrays differ from `abstract_state` in
+            names or shapes; the message lists the differences.
+        """
+        stored = _shapes_by_path(self._manager.item_metadata(step)["state"])
+        expected = _shapes_by_path(abstract_state)
+        differences = _describe_differences(stored, expected)
+        if differences:
+            raise ValueError(
+                f"Checkpoint {step} in {self._manager.directory} does not match "
+                "this config's model or optimizer:\n  "
+                + "\n  ".join(differences)
+                + "\nResume with the config that wrote it, or use a new --workdir."
+            )
         try:
             restored = self._manager.restore(
                 step,
@@ -66,3 +85,47 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _path_name(path) -> str:
+    parts = []
+    for key in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                parts.append(str(getattr(key, attribute)))
+                break
+    return "/".join(parts)
+
+
+def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _describe_differences(
+    stored: dict[str, tuple[int, ...]],
+    expected: dict[str, tuple[int, ...]],
+    limit: int = 10,
+) -> list[str]:
+    """List missing, unexpected and reshaped arrays, at most `limit` lines,
+    parameters before optimizer state."""
+
+    def ordered(names):
+        return sorted(names, key=lambda name: (not name.startswith("params/"), name))
+
+    lines = [
+        f"missing from checkpoint: {name} {expected[name]}"
+        for name in ordered(expected.keys() - stored.keys())
+    ]
+    lines += [
+        f"not in this model: {name} {stored[name]}"
+        for name in ordered(stored.keys() - expected.keys())
+    ]
+    lines += [
+        f"shape of {name}: checkpoint {stored[name]}, model {expected[name]}"
+        for name in ordered(stored.keys() & expected.keys())
+        if stored[name] != expected[name]
+    ]
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
+    return lines

@@ -1,5 +1,6 @@
 """Model FLOPs and the machine's measured matmul peak, for MFU."""
 
+import statistics
 import time
 
 import jax
@@ -19,20 +20,22 @@ def model_flops_per_step(
 
 
 def measure_matmul_peak(
-    *, size: int = 2048, repeats: int = 5, dtype=jnp.float32, device=None
+    *, size: int = 2048, repeats: int = 10, dtype=jnp.float32, device=None
 ) -> float:
-    """Return the best FLOP/s of a `size x size` matmul on one device.
+    """Return the median FLOP/s of a `size x size` matmul on one device.
 
-    The best of `repeats` timed calls, after one compile-and-warm-up call.
+    The median of `repeats` timed calls, after one compile-and-warm-up call.
+    The median rather than the best, because on shared CPUs single calls
+    vary by a factor of three or more.
     """
     device = device or jax.devices()[0]
     a = jax.device_put(jnp.ones((size, size), dtype), device)
     b = jax.device_put(jnp.ones((size, size), dtype), device)
     matmul = jax.jit(jnp.matmul)
     matmul(a, b).block_until_ready()
-    best = float("inf")
+    seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
         matmul(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+        seconds.append(time.perf_counter() - start)
+    return 2.0 * size**3 / statistics.median(seconds)

@@ -85,7 +85,7 @@ def parameter_count(params) -> int:
 
 
 def parameter_table(params) -> str:
-    """One line per parameter: path, shape, count; then the total."""
+    """Format one line per parameter (path, shape, count), then the total."""
     rows = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         name = "/".join(str(getattr(key, "key", key)) for key in path)

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Run:
-    """What the loop needs, built by the setup phases."""
+    """The mesh, data, model, compiled steps and state that the loop uses."""
 
     config: object
     workdir: str
