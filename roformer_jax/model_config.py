@@ -34,6 +34,23 @@ class ModelConfig:
     initializer_range: float = 0.02
     dtype: str = "float32"  # Compute dtype; parameters stay float32.
 
+    # Options of particular position encodings; others ignore them.
+    relative_num_buckets: int = 32  # t5: buckets per direction (all when causal).
+    relative_max_distance: int = 128  # t5, deberta: distances beyond share a bucket.
+    relative_clip_distance: int = 16  # shaw: relative distances clipped to +-k.
+    fire_mlp_width: int = 32  # fire: hidden width of the distance MLP.
+    xpos_scale_base: float = 512.0  # xpos: the decay length scale.
+    rotary_fraction: float = 1.0  # rope*: fraction of each head rotated if rotary_dim is None.
+    rotary_learned_per_head: bool = False  # rope_learned: one frequency set per head.
+    rotary_grid_width: int = 16  # rope_2d: patches per row of the image grid.
+    rope_scaling: str = "none"  # none, linear, ntk, dynamic_ntk, yarn or llama3.
+    rope_scaling_factor: float = 1.0  # Target length / rope_original_max_length.
+    rope_original_max_length: int = 512  # Training length the rescalings extend.
+    yarn_beta_fast: float = 32.0  # yarn: rotations above which no interpolation.
+    yarn_beta_slow: float = 1.0  # yarn: rotations below which full interpolation.
+    llama3_low_freq_factor: float = 1.0  # llama3: wavelength band edges.
+    llama3_high_freq_factor: float = 4.0
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads

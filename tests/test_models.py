@@ -10,7 +10,7 @@ from roformer_jax import positions
 from roformer_jax.model_config import ModelConfig
 from roformer_jax.models import LanguageModel
 
-ENCODINGS = ["rope", "learned", "sinusoidal", "none"]
+ENCODINGS = positions.registered_names()
 B, T, V = 2, 16, 50
 
 
@@ -97,10 +97,11 @@ def test_causal_ignores_future_tokens(encoding):
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["decoder", "encoder"])
-def test_packed_documents_match_separate(causal):
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_packed_documents_match_separate(encoding, causal):
     """Two documents packed in one row, positions restarting, give the same
     logits as each document run alone."""
-    config = tiny_config(causal=causal)
+    config = tiny_config(position_encoding=encoding, causal=causal)
     first, second = 6, T - 6
     tokens, _, _ = inputs(batch=1)
     pos = jnp.concatenate([jnp.arange(first), jnp.arange(second)])[None]
@@ -116,8 +117,9 @@ def test_packed_documents_match_separate(causal):
     np.testing.assert_allclose(packed[:, first:], alone, rtol=1e-5, atol=1e-5)
 
 
-def test_left_padding_matches_unpadded():
-    config = tiny_config(causal=True)
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_left_padding_matches_unpadded(encoding):
+    config = tiny_config(position_encoding=encoding, causal=True)
     pad = 4
     tokens, pos, segments = inputs(batch=1)
     params, logits = init_and_apply(config, tokens, pos, segments)

@@ -1,14 +1,21 @@
 """Position encodings, selected by name through `model.position_encoding`.
 
-Importing this package registers every encoding it ships.
+Importing this package imports every module in it, and each module registers
+its encodings with `@register("name")`, so adding an encoding is one new
+module here.
 """
 
-from roformer_jax.positions import absolute, rope  # noqa: F401  (registers)
+import importlib
+import pkgutil
+
 from roformer_jax.positions.base import (
     PositionEncoding,
     get,
     register,
     registered_names,
 )
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["PositionEncoding", "get", "register", "registered_names"]

@@ -8,8 +8,9 @@ A position encoding can act in two places, and implements whichever it needs:
 - `embed(positions)` in the embedding layer returns `[B, T, D]` vectors added
   to the token embeddings (absolute encodings), or None.
 - `transform(q, k, v, q_positions, k_positions)` in every attention layer
-  returns the queries, keys and values to attend with and an additive logit
-  bias `[B, N, T, S]` or None (rotary and relative encodings).
+  returns the queries, keys and values to attend with and a bias
+  `[B or 1, N or 1, T, S]` added to the scaled logits `q.k / sqrt(H)`, or
+  None (rotary and relative encodings).
 
 Adding an encoding is one module with a subclass and one `register` call.
 """
