@@ -7,6 +7,7 @@ Running the same command again resumes from the latest checkpoint in DIR.
 """
 
 import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -26,13 +27,24 @@ flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _drop_absl_info(record: logging.LogRecord) -> bool:
+    return record.name != "absl" or record.levelno >= logging.WARNING
+
+
 def _main(argv) -> None:
     del argv
+    # TensorFlow, which TFDS imports, prints C++ INFO lines unless told not to.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    # Orbax logs every checkpoint-manager detail through absl at INFO, and
+    # TensorFlow resets the absl logger's level on import, so filter at the
+    # handler instead.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_drop_absl_info)
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
