@@ -1,6 +1,7 @@
 """The train state, its sharded initialisation and its abstract shape."""
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -21,12 +22,12 @@ class TrainState:
 
 
 @dataclasses.dataclass(frozen=True)
-class ShardedState:
-    """A freshly initialised state with the shardings the steps use."""
+class StateLayout:
+    """The shapes and shardings of a train state, and how to initialise one."""
 
-    state: TrainState
     shardings: Any  # A TrainState of NamedSharding.
     abstract: Any  # A TrainState of jax.ShapeDtypeStruct with shardings.
+    initialize: Callable[[], TrainState]  # Jitted; writes straight into shards.
 
 
 def _dummy_inputs(batch_size: int, seq_len: int) -> dict[str, jax.Array]:
@@ -41,7 +42,7 @@ def _dummy_inputs(batch_size: int, seq_len: int) -> dict[str, jax.Array]:
     }
 
 
-def create_sharded_state(
+def plan_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
     rng: jax.Array,
@@ -49,13 +50,13 @@ def create_sharded_state(
     rules,
     *,
     seq_len: int,
-) -> ShardedState:
-    """Initialise parameters and optimizer state directly into their shardings.
+) -> StateLayout:
+    """Work out the sharded layout of the state without allocating it.
 
     Parameters come out of `model.init` boxed with logical axes; the optimizer
     state is built from the boxed tree so its moments inherit those axes.
-    `jax.eval_shape` gives the layout without allocating, and the jitted
-    initialiser writes each array straight into its shard.
+    `jax.eval_shape` gives the layout, so a run that restores a checkpoint
+    never initialises, and `initialize` writes each array into its shard.
     """
     dummy = _dummy_inputs(1, seq_len)
 
@@ -69,7 +70,6 @@ def create_sharded_state(
     specs = nn.get_partition_spec(boxed)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
     init = jax.jit(lambda key: nn.meta.unbox(init_boxed(key)), out_shardings=shardings)
-    state = init(rng)
     abstract = jax.tree.map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(
             leaf.shape, leaf.dtype, sharding=sharding
@@ -77,7 +77,9 @@ def create_sharded_state(
         nn.meta.unbox(boxed),
         shardings,
     )
-    return ShardedState(state=state, shardings=shardings, abstract=abstract)
+    return StateLayout(
+        shardings=shardings, abstract=abstract, initialize=lambda: init(rng)
+    )
 
 
 def parameter_count(params) -> int:

@@ -10,7 +10,6 @@ import math
 import os
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh
@@ -25,10 +24,11 @@ from roformer_jax.train.inputs import LanguageModelData, load_language_model_dat
 from roformer_jax.train.metrics import MetricWriter, Progress, format_duration
 from roformer_jax.train.optimizer import make_optimizer
 from roformer_jax.train.state import (
+    StateLayout,
     TrainState,
-    create_sharded_state,
     parameter_count,
     parameter_table,
+    plan_state,
 )
 from roformer_jax.train.steps import Steps, make_steps
 from roformer_jax.train.validation import validate_config
@@ -106,27 +106,26 @@ def setup(config, workdir: str) -> Run:
     )
     model = LanguageModel(model_config)
     tx, schedule = make_optimizer(config.optim, config.train.num_train_steps)
-    with nn.logical_axis_rules(rules):
-        sharded = create_sharded_state(
-            model,
-            tx,
-            jax.random.PRNGKey(config.seed),
-            mesh,
-            rules,
-            seq_len=config.data.seq_len,
-        )
-    num_params = parameter_count(sharded.state.params)
-    logger.info(
-        "Parameters (%s):\n%s", f"{num_params:,}", parameter_table(sharded.state.params)
+    layout = plan_state(
+        model,
+        tx,
+        jax.random.PRNGKey(config.seed),
+        mesh,
+        rules,
+        seq_len=config.data.seq_len,
     )
+    num_params = parameter_count(layout.abstract.params)
 
     checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=config.train.max_checkpoints_to_keep,
     )
-    state, start_step = _restore(checkpointer, sharded)
+    state, start_step = _restore(checkpointer, layout)
+    logger.info(
+        "Parameters (%s):\n%s", f"{num_params:,}", parameter_table(state.params)
+    )
     steps = make_steps(
-        model, tx, schedule, sharded.shardings, mesh, dropout_seed=config.seed + 1
+        model, tx, schedule, layout.shardings, mesh, dropout_seed=config.seed + 1
     )
     flops = perf.model_flops_per_step(
         num_params=num_params,
@@ -151,12 +150,13 @@ def setup(config, workdir: str) -> Run:
     )
 
 
-def _restore(checkpointer: Checkpointer, sharded) -> tuple[TrainState, int]:
+def _restore(checkpointer: Checkpointer, layout: StateLayout) -> tuple[TrainState, int]:
+    """Restore the latest checkpoint, or initialise when there is none."""
     step = checkpointer.latest_step()
     if step is None:
-        logger.info("No checkpoint found; starting from step 0.")
-        return sharded.state, 0
-    state, data_state = checkpointer.restore(step, sharded.abstract)
+        logger.info("No checkpoint found; initialising at step 0.")
+        return layout.initialize(), 0
+    state, data_state = checkpointer.restore(step, layout.abstract)
     if data_state["next_step"] != step:
         raise ValueError(
             f"Checkpoint {step} records data position {data_state['next_step']}; "
