@@ -12,7 +12,14 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from roformer_jax.data.tiny_shakespeare import DatasetUnavailableError
+from roformer_jax.train.checkpoint import CheckpointMismatchError
 from roformer_jax.train.trainer import train_and_evaluate
+from roformer_jax.train.validation import ConfigError
+
+# Errors in what the user supplied; their messages name the value and the fix,
+# so the command prints the message alone, without a traceback.
+USER_INPUT_ERRORS = (ConfigError, DatasetUnavailableError, CheckpointMismatchError)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -45,7 +52,13 @@ def _main(argv) -> None:
     # handler instead.
     for handler in logging.getLogger().handlers:
         handler.addFilter(_drop_absl_info)
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    # JAX reports at INFO each accelerator backend it did not find.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    try:
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except USER_INPUT_ERRORS as error:
+        logging.error("%s: %s", type(error).__name__, error)
+        raise SystemExit(1) from None
 
 
 def run() -> None:

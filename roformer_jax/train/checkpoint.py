@@ -11,6 +11,10 @@ from roformer_jax.train.state import TrainState
 logger = logging.getLogger(__name__)
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's arrays differ from the model and optimizer being built."""
+
+
 class Checkpointer:
     """Keeps the last `max_to_keep` checkpoints and restores one into the
     shardings of an abstract state. The trainer decides when to save."""
@@ -51,14 +55,14 @@ class Checkpointer:
         """Restore `step` into the shapes, dtypes and shardings given.
 
         Raises:
-          ValueError: the checkpoint's arrays differ from `abstract_state` in
+          CheckpointMismatchError: the checkpoint's arrays differ from `abstract_state` in
             names or shapes; the message lists the differences.
         """
         stored = _shapes_by_path(self._manager.item_metadata(step)["state"])
         expected = _shapes_by_path(abstract_state)
         differences = _describe_differences(stored, expected)
         if differences:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"Checkpoint {step} in {self._manager.directory} does not match "
                 "this config's model or optimizer:\n  "
                 + "\n  ".join(differences)

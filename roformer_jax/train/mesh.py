@@ -47,8 +47,9 @@ def resolve_mesh_shape(mesh_config, device_count: int) -> tuple[int, ...]:
     if total > device_count:
         raise ValueError(
             f"Mesh shape {dict(zip(MESH_AXES, sizes, strict=True))} needs {total} "
-            f"devices but only {device_count} are available; reduce mesh.data, "
-            "mesh.fsdp or mesh.tensor."
+            f"devices but {device_count} are available; reduce mesh.data, "
+            "mesh.fsdp or mesh.tensor, or set one of them to -1 to use every "
+            "device."
         )
     return tuple(sizes)
 

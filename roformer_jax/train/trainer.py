@@ -196,8 +196,12 @@ def evaluate(run: Run, params) -> dict[str, float]:
 
 
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:
+    """Average each metric over the interval, except the learning rate,
+    which is reported at the interval's last step."""
     fetched = jax.device_get(pending)
-    return {key: float(np.mean([row[key] for row in fetched])) for key in fetched[0]}
+    means = {key: float(np.mean([row[key] for row in fetched])) for key in fetched[0]}
+    means["train/learning_rate"] = float(fetched[-1]["train/learning_rate"])
+    return means
 
 
 def _log_train(
@@ -260,7 +264,8 @@ def train_loop(run: Run, *, stop_after_step: int | None = None) -> dict[str, flo
     total = train_config.num_train_steps
     if run.start_step >= total:
         logger.info(
-            "Checkpoint step %d already reaches train.num_train_steps=%d.",
+            "Checkpoint step %d already reaches train.num_train_steps=%d; "
+            "raise --config.train.num_train_steps to train further.",
             run.start_step,
             total,
         )

@@ -91,7 +91,8 @@ def validate_config(config, *, device_count: int, vocab_size: int = 1) -> ModelC
     if not 0 <= config.optim.warmup_steps <= train.num_train_steps:
         raise ConfigError(
             f"optim.warmup_steps={config.optim.warmup_steps} must be between 0 "
-            f"and train.num_train_steps={train.num_train_steps}."
+            f"and train.num_train_steps={train.num_train_steps}; for a short "
+            "run, lower --config.optim.warmup_steps as well."
         )
     if config.optim.decay not in ("cosine", "linear"):
         raise ConfigError(
