@@ -40,7 +40,7 @@ class ModelConfig:
     relative_clip_distance: int = 16  # shaw: relative distances clipped to +-k.
     fire_mlp_width: int = 32  # fire: hidden width of the distance MLP.
     xpos_scale_base: float = 512.0  # xpos: the decay length scale.
-    rotary_fraction: float = 1.0  # rope*: fraction of each head rotated if rotary_dim is None.
+    rotary_fraction: float = 1.0  # rope*: share of H rotated when rotary_dim is None.
     rotary_learned_per_head: bool = False  # rope_learned: one frequency set per head.
     rotary_grid_width: int = 16  # rope_2d: patches per row of the image grid.
     rope_scaling: str = "none"  # none, linear, ntk, dynamic_ntk, yarn or llama3.
