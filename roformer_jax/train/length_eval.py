@@ -75,6 +75,19 @@ def _spell(key: str, vocab: CharVocab) -> str:
     return " ".join(_DIGIT_WORDS[int(digit)] for digit in key)
 
 
+def _needle_and_question(key: str) -> tuple[str, str]:
+    return (
+        f" The pass key is {key}. Remember it. ",
+        " What is the pass key? The pass key is ",
+    )
+
+
+def passkey_min_length(vocab: CharVocab, digits: int = 3) -> int:
+    """Return the shortest prompt length that leaves room for filler."""
+    needle, question = _needle_and_question(_spell("8" * digits, vocab))
+    return len(needle) + len(question) + 1
+
+
 @dataclasses.dataclass(frozen=True)
 class PasskeyPrompts:
     """Prompts `[num_trials, length]` ending right before the key's answer."""
@@ -102,8 +115,7 @@ def passkey_prompts(
     prompts, answers = [], []
     for _ in range(num_trials):
         key = _spell("".join(str(d) for d in rng.integers(0, 10, size=digits)), vocab)
-        needle = f" The pass key is {key}. Remember it. "
-        question = " What is the pass key? The pass key is "
+        needle, question = _needle_and_question(key)
         room = length - len(needle) - len(question)
         if room < 1:
             raise ValueError(

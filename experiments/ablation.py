@@ -1,0 +1,247 @@
+"""Run a position-encoding ablation grid and write its tables and plots.
+
+  python -m experiments.ablation --config=configs/ablation_tiny_shakespeare.py \
+      --root=runs/ablation [--shard=0/1] [--config.data.manual_dir=DIR]
+
+Each (encoding, size, seed) trains through the package's trainer in its own
+workdir under --root, so a rerun skips finished runs (those with
+`result.json`) and resumes interrupted ones from their checkpoints. With
+`--shard=K/N`, this process takes every N-th run starting at K, so N
+processes or hosts share a grid; the report covers every finished run.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import statistics
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import ablation_report
+from roformer_jax import positions
+from roformer_jax.train import length_eval
+from roformer_jax.train.metrics import read_metrics
+from roformer_jax.train.state import parameter_count
+from roformer_jax.train.trainer import setup, train_loop
+
+TRAINER_GROUPS = ("seed", "task", "model", "data", "optim", "train", "mesh")
+RESULT_FILENAME = "result.json"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid."""
+
+    encoding: str
+    size: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.encoding}-{self.size}-seed{self.seed}"
+
+
+def grid(config) -> list[RunSpec]:
+    unknown = sorted(
+        set(config.grid.position_encodings) - set(positions.registered_names())
+    )
+    if unknown:
+        raise ValueError(
+            f"grid.position_encodings has unknown names {unknown}; valid names "
+            f"are {positions.registered_names()}."
+        )
+    return [
+        RunSpec(encoding, size, seed)
+        for size in config.grid.sizes
+        for encoding in config.grid.position_encodings
+        for seed in config.grid.seeds
+    ]
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+    index, _, count = shard.partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        index, count = -1, 0
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(
+            f"--shard={shard!r} is invalid; use K/N with 0 <= K < N, e.g. 0/1."
+        )
+    return index, count
+
+
+def run_config(config, spec: RunSpec) -> ml_collections.ConfigDict:
+    """The trainer config of one run: the grid's base with this cell applied."""
+    if spec.size not in config.grid.size_overrides:
+        raise ValueError(
+            f"grid.sizes names {spec.size!r}, which grid.size_overrides lacks; "
+            f"define it there or use one of {sorted(config.grid.size_overrides)}."
+        )
+    full = config.copy_and_resolve_references()  # Edits below stay local.
+    result = ml_collections.ConfigDict({group: full[group] for group in TRAINER_GROUPS})
+    result.seed = spec.seed
+    result.model.position_encoding = spec.encoding
+    result.model.update(config.grid.size_overrides[spec.size])
+    result.lock()
+    return result
+
+
+def _eval_steps_losses(workdir: str) -> dict[str, float]:
+    return {
+        str(row["step"]): row["eval/loss"]
+        for row in read_metrics(workdir)
+        if "eval/loss" in row
+    }
+
+
+def _median_throughput(workdir: str) -> float:
+    rates = [
+        row["perf/tokens_per_second"]
+        for row in read_metrics(workdir)
+        if "perf/tokens_per_second" in row
+    ]
+    return statistics.median(rates) if rates else math.nan
+
+
+def _evaluate_lengths(run, config) -> dict:
+    """Loss per length (and per position), plus passkey accuracy."""
+    extrapolation = config.extrapolation
+    train_len = config.data.seq_len
+    tokens = run.data.validation_tokens[: extrapolation.max_eval_tokens]
+    filler = run.data.vocab.decode(run.data.validation_tokens)
+    model_config = run.model.config
+    max_length = positions.get(model_config.position_encoding)(
+        model_config
+    ).max_length()
+    variants = {"plain": model_config}
+    if model_config.position_encoding == "rope":
+        for rescaling in extrapolation.rope_rescalings:
+            variants[rescaling] = None  # Built per length below.
+    results = {}
+    for multiplier in extrapolation.length_multipliers:
+        length = multiplier * train_len
+        for variant in variants:
+            key = f"{variant}@{multiplier}x"
+            if max_length is not None and length > max_length:
+                results[key] = None
+                continue
+            variant_config = model_config
+            if variant != "plain":
+                variant_config = dataclasses.replace(
+                    model_config,
+                    rope_scaling=variant,
+                    rope_scaling_factor=float(multiplier),
+                    rope_original_max_length=train_len,
+                )
+            model = type(run.model)(variant_config)
+            loss = length_eval.loss_by_position(
+                model,
+                run.state.params,
+                tokens,
+                seq_len=length,
+                batch_size=extrapolation.eval_batch_size,
+            )
+            passkey = None
+            digits = extrapolation.passkey_digits
+            if length >= length_eval.passkey_min_length(run.data.vocab, digits):
+                prompts = length_eval.passkey_prompts(
+                    run.data.vocab,
+                    filler,
+                    length=length,
+                    num_trials=extrapolation.passkey_trials,
+                    seed=0,
+                    digits=digits,
+                )
+                passkey = length_eval.passkey_accuracy(model, run.state.params, prompts)
+            results[key] = {
+                "length": length,
+                "loss": loss.mean_loss,
+                "position_loss": loss.position_loss.tolist(),
+                "passkey_accuracy": passkey,
+            }
+    return results
+
+
+def run_one(config, spec: RunSpec, root: str) -> dict:
+    """Train (or resume) one cell, evaluate it and store `result.json`."""
+    workdir = os.path.join(root, spec.name)
+    result_path = os.path.join(workdir, RESULT_FILENAME)
+    if os.path.exists(result_path):
+        logger.info("Skipping %s: %s exists.", spec.name, result_path)
+        with open(result_path, encoding="utf-8") as file:
+            return json.load(file)
+    train_config = run_config(config, spec)
+    run = setup(train_config, workdir)
+    try:
+        final = train_loop(run)
+        if not final:
+            final = {
+                "eval/loss": _eval_steps_losses(workdir)[
+                    str(train_config.train.num_train_steps)
+                ]
+            }
+        result = {
+            **dataclasses.asdict(spec),
+            "parameters": parameter_count(run.state.params),
+            "final_eval_loss": final["eval/loss"],
+            "eval_loss_by_step": _eval_steps_losses(workdir),
+            "tokens_per_second": _median_throughput(workdir),
+            "extrapolation": _evaluate_lengths(run, config),
+        }
+    finally:
+        run.checkpointer.close()
+        run.writer.close()
+    with open(result_path + ".tmp", "w", encoding="utf-8") as file:
+        json.dump(result, file)
+    os.replace(result_path + ".tmp", result_path)
+    return result
+
+
+def run_grid(config, root: str, shard: str = "0/1") -> list[dict]:
+    """Run this process's share of the grid, then report every finished run."""
+    index, count = parse_shard(shard)
+    specs = grid(config)
+    mine = specs[index::count]
+    for number, spec in enumerate(mine, start=1):
+        logger.info("Run %d/%d of this shard: %s", number, len(mine), spec.name)
+        run_one(config, spec, root)
+    finished = []
+    for spec in specs:
+        path = os.path.join(root, spec.name, RESULT_FILENAME)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as file:
+                finished.append(json.load(file))
+    ablation_report.write_report(finished, root)
+    return finished
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Ablation config file.", lock_config=True
+)
+flags.DEFINE_string("root", None, "Directory for the runs and the report.")
+flags.DEFINE_string("shard", "0/1", "K/N: run every N-th cell starting at K.")
+flags.mark_flags_as_required(["config", "root"])
+
+
+def _main(argv) -> None:
+    del argv
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(
+            lambda record: record.name != "absl" or record.levelno >= logging.WARNING
+        )
+    run_grid(FLAGS.config, FLAGS.root, FLAGS.shard)
+
+
+if __name__ == "__main__":
+    app.run(_main)
