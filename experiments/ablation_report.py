@@ -131,6 +131,16 @@ def write_markdown(results: list[dict], path: str) -> None:
         file.write("\n".join(lines) + "\n")
 
 
+def _save(figure, axis, path: str, *, xlabel: str, ylabel: str) -> None:
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def plot_curves(results: list[dict], path: str) -> None:
     figure, axis = plt.subplots(figsize=(8, 5))
     for (encoding, size), runs in sorted(_groups(results).items()):
@@ -144,13 +154,13 @@ def plot_curves(results: list[dict], path: str) -> None:
         axis.plot(
             [int(s) for s in steps], means, marker=".", label=f"{encoding} ({size})"
         )
-    axis.set_xlabel("step")
-    axis.set_ylabel("validation loss (nats/char), mean over seeds")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(
+        figure,
+        axis,
+        path,
+        xlabel="step",
+        ylabel="validation loss (nats/char), mean over seeds",
+    )
 
 
 def plot_lengths(results: list[dict], path: str) -> None:
@@ -182,13 +192,13 @@ def plot_lengths(results: list[dict], path: str) -> None:
                 style = "-" if variant == "plain" else "--"
                 axis.plot(*zip(*points, strict=True), style, marker="o", label=label)
     axis.set_xscale("log", base=2)
-    axis.set_xlabel("evaluation length (characters)")
-    axis.set_ylabel("validation loss (nats/char), mean over seeds")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=6, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(
+        figure,
+        axis,
+        path,
+        xlabel="evaluation length (characters)",
+        ylabel="validation loss (nats/char), mean over seeds",
+    )
 
 
 def plot_positions(results: list[dict], path: str) -> None:
@@ -209,13 +219,13 @@ def plot_positions(results: list[dict], path: str) -> None:
         window = max(len(curve) // 64, 1)
         smooth = np.convolve(curve, np.ones(window) / window, mode="valid")
         axis.plot(smooth, label=f"{encoding} ({size}, {key.split('@')[1]})")
-    axis.set_xlabel("position in window")
-    axis.set_ylabel("loss (nats/char), moving mean")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, ncol=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    _save(
+        figure,
+        axis,
+        path,
+        xlabel="position in window",
+        ylabel="loss (nats/char), moving mean",
+    )
 
 
 def write_report(results: list[dict], root: str) -> None:

@@ -192,67 +192,48 @@ def test_checkpointer_keeps_last(tmp_path):
     checkpointer.close()
 
 
-def test_command_line_overrides(tfds_dir, tmp_path):
-    """The documented command trains, with --config.a.b overrides applied."""
+def run_command_line(workdir, *overrides: str) -> subprocess.CompletedProcess:
+    """Run `python -m roformer_jax.main` on the smoke config from the repo root."""
     command = [
         sys.executable,
         "-m",
         "roformer_jax.main",
         "--config=configs/tiny_shakespeare.py:smoke",
-        f"--workdir={tmp_path}",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
+    root = pathlib.Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        command, cwd=root, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_command_line_overrides(tfds_dir, tmp_path):
+    """The documented command trains, with --config.a.b overrides applied."""
+    result = run_command_line(
+        tmp_path,
         f"--config.data.manual_dir={SHARED_COPY}",
         f"--config.data.data_dir={tfds_dir}",
         "--config.train.num_train_steps=3",
         "--config.train.tensorboard=False",
-    ]
-    root = pathlib.Path(__file__).resolve().parents[1]
-    result = subprocess.run(
-        command, cwd=root, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 3/3" in result.stderr
-    assert (
-        json.loads((tmp_path / "config.json").read_text())["train"]["num_train_steps"]
-        == 3
-    )
-    assert [
-        row["step"]
-        for row in metrics_lib.read_metrics(str(tmp_path))
-        if "train/loss" in row
-    ] == [2, 3]
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["train"]["num_train_steps"] == 3
+    rows = metrics_lib.read_metrics(str(tmp_path))
+    assert [row["step"] for row in rows if "train/loss" in row] == [2, 3]
 
 
 def test_command_line_rejects_unknown_field(tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "roformer_jax.main",
-        "--config=configs/tiny_shakespeare.py:smoke",
-        f"--workdir={tmp_path}",
-        "--config.train.num_steps=3",
-    ]
-    root = pathlib.Path(__file__).resolve().parents[1]
-    result = subprocess.run(
-        command, cwd=root, capture_output=True, text=True, timeout=300
-    )
+    result = run_command_line(tmp_path, "--config.train.num_steps=3")
     assert result.returncode != 0
     assert "num_steps" in result.stderr
 
 
 def test_command_line_prints_config_error(tmp_path):
     """A user error ends the command with its message and no traceback."""
-    command = [
-        sys.executable,
-        "-m",
-        "roformer_jax.main",
-        "--config=configs/tiny_shakespeare.py:smoke",
-        f"--workdir={tmp_path}",
-        "--config.model.position_encoding=rotary",
-    ]
-    root = pathlib.Path(__file__).resolve().parents[1]
-    result = subprocess.run(
-        command, cwd=root, capture_output=True, text=True, timeout=300
-    )
+    result = run_command_line(tmp_path, "--config.model.position_encoding=rotary")
     assert result.returncode == 1
     assert "ConfigError: model.position_encoding='rotary' is unknown" in result.stderr
     assert "Traceback" not in result.stderr
