@@ -12,6 +12,53 @@ Array = jax.Array
 _MASKED_LOGIT = -1e30  # Finite, so fully masked rows give zeros, not NaN.
 
 
+def attention_weights(
+    q: Array,
+    k: Array,
+    *,
+    mask: Array | None = None,
+    bias: Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+) -> Array:
+    """Compute the softmax attention weights, masked and with dropout.
+
+    Args:
+      q: `[B, T, N, H]` queries.
+      k: `[B, S, N, H]` keys.
+      mask: bool `[B, 1 or N, T, S]`, True where attention is allowed.
+      bias: float `[B or 1, N or 1, T, S]` added to the logits.
+      dropout_rate: probability of dropping an attention weight.
+      dropout_rng: key for dropout; dropout applies only when it is given.
+
+    Returns:
+      `[B, N, T, S]` float32 weights, zero where masked. Logits and softmax
+      run in float32.
+    """
+    scale = q.shape[-1] ** -0.5
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
+    logits = logits * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, _MASKED_LOGIT)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if mask is not None:
+        weights = jnp.where(mask, weights, 0.0)
+    if dropout_rng is not None and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    return weights
+
+
+def weighted_values(weights: Array, v: Array) -> Array:
+    """Sum `[B, S, N, H]` values with `[B, N, T, S]` weights: `[B, T, N, H]`.
+
+    The weights are cast to the dtype of `v` first, so the result has it too.
+    """
+    return jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v)
+
+
 def einsum_attention(
     q: Array,
     k: Array,
@@ -34,22 +81,17 @@ def einsum_attention(
       dropout_rng: key for dropout; dropout applies only when it is given.
 
     Returns:
-      `[B, T, N, H]` in the dtype of `q`. Logits and softmax run in float32.
+      `[B, T, N, H]` in the dtype of `v`. Logits and softmax run in float32.
     """
-    scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
-    logits = logits * scale
-    if bias is not None:
-        logits = logits + bias.astype(jnp.float32)
-    if mask is not None:
-        logits = jnp.where(mask, logits, _MASKED_LOGIT)
-    weights = jax.nn.softmax(logits, axis=-1)
-    if mask is not None:
-        weights = jnp.where(mask, weights, 0.0)
-    if dropout_rng is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-    return jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v)
+    weights = attention_weights(
+        q,
+        k,
+        mask=mask,
+        bias=bias,
+        dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng,
+    )
+    return weighted_values(weights, v)
 
 
 def fused_attention(

@@ -116,11 +116,23 @@ class SelfAttention(nn.Module):
 
         q, k, v = project("query"), project("key"), project("value")
         encoding = position_encodings.get(config.position_encoding)
-        q, k, v, bias = encoding(config, name="position").transform(
-            q, k, v, positions, positions
-        )
+        position = encoding(config, name="position")
+        q, k, v, bias = position.transform(q, k, v, positions, positions)
         use_dropout = not deterministic and config.attention_dropout_rate > 0.0
-        if use_dropout:
+        if position.needs_attention_weights:
+            weights = softmax.attention_weights(
+                q,
+                k,
+                mask=mask,
+                bias=bias,
+                dropout_rate=config.attention_dropout_rate if use_dropout else 0.0,
+                dropout_rng=self.make_rng("dropout") if use_dropout else None,
+            )
+            out = softmax.weighted_values(weights, v)
+            offsets = position.value_offsets(weights, positions, positions)
+            if offsets is not None:
+                out = out + offsets.astype(out.dtype)
+        elif use_dropout:
             out = softmax.einsum_attention(
                 q,
                 k,

@@ -11,11 +11,17 @@ A position encoding can act in two places, and implements whichever it needs:
   returns the queries, keys and values to attend with and a bias
   `[B or 1, N or 1, T, S]` added to the scaled logits `q.k / sqrt(H)`, or
   None (rotary and relative encodings).
+- `value_offsets(weights, q_positions, k_positions)` after the softmax returns
+  `[B, T, N, H]` vectors added to the attention output, or None. An encoding
+  that returns offsets sets `needs_attention_weights = True`, so attention
+  materialises the weights (the einsum path) instead of calling the fused
+  kernel.
 
 Adding an encoding is one module with a subclass and one `register` call.
 """
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -29,6 +35,9 @@ class PositionEncoding(nn.Module):
     """Base class: adds nothing and transforms nothing (no position signal)."""
 
     config: ModelConfig
+
+    # True when `value_offsets` returns offsets, which need the weights.
+    needs_attention_weights: ClassVar[bool] = False
 
     # The largest sequence length the encoding can represent, or None when
     # any length works. Subclasses with a fixed table override `max_length`.
@@ -49,6 +58,21 @@ class PositionEncoding(nn.Module):
     ) -> tuple[Array, Array, Array, Array | None]:
         del q_positions, k_positions
         return q, k, v, None
+
+    def value_offsets(
+        self,
+        weights: Array,
+        q_positions: Array,
+        k_positions: Array,
+    ) -> Array | None:
+        """Return `[B, T, N, H]` offsets added to the attention output, or None.
+
+        `weights` are the `[B, N, T, S]` float32 attention weights after the
+        softmax, the mask and any dropout. Called only on subclasses that set
+        `needs_attention_weights`.
+        """
+        del weights, q_positions, k_positions
+        return None
 
 
 _REGISTRY: dict[str, type[PositionEncoding]] = {}
