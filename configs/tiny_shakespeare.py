@@ -24,7 +24,9 @@ def _model() -> ml_collections.ConfigDict:
     model.embedding_size = ml_collections.config_dict.placeholder(int)  # None: D.
     model.type_vocab_size = 0  # No token types in language modelling.
     model.max_position_embeddings = 512  # Used by the `learned` encoding only.
-    model.position_encoding = "rope"  # rope, learned, sinusoidal or none.
+    model.position_encoding = (
+        "rope"  # Any name in roformer_jax.positions.registered_names().
+    )
     model.rotary_base = 10000.0
     model.rotary_layout = "interleaved"  # RoFormer pairs (2i, 2i+1); or "half".
     model.rotary_dim = ml_collections.config_dict.placeholder(int)  # None: whole head.
@@ -38,6 +40,26 @@ def _model() -> ml_collections.ConfigDict:
     model.attention_dropout_rate = 0.0  # 0 lets attention use the fused kernel.
     model.initializer_range = 0.02
     model.dtype = "float32"  # Compute dtype; parameters stay float32.
+    # Options that only some position encodings read.
+    model.relative_num_buckets = (
+        32  # t5: total buckets, halved per direction unless causal.
+    )
+    model.relative_max_distance = 128  # t5, deberta: farther distances share a bucket.
+    model.relative_clip_distance = 16  # shaw: distances clipped to +-k.
+    model.fire_mlp_width = 32  # fire: hidden width of the distance MLP.
+    model.xpos_scale_base = 512.0  # xpos: decay length scale.
+    model.rotary_fraction = (
+        1.0  # rope*: share of the head rotated when rotary_dim is None.
+    )
+    model.rotary_learned_per_head = False  # rope_learned: one frequency set per head.
+    model.rotary_grid_width = 16  # rope_2d: patches per grid row.
+    model.rope_scaling = "none"  # none, linear, ntk, dynamic_ntk, yarn or llama3.
+    model.rope_scaling_factor = 1.0  # Target length / rope_original_max_length.
+    model.rope_original_max_length = 128  # Training length that a rescaling extends.
+    model.yarn_beta_fast = 32.0  # yarn: rotations above which nothing is interpolated.
+    model.yarn_beta_slow = 1.0  # yarn: rotations below which all is interpolated.
+    model.llama3_low_freq_factor = 1.0  # llama3: band edges, as wavelength ratios.
+    model.llama3_high_freq_factor = 4.0
     return model
 
 

@@ -47,14 +47,26 @@ class RunSpec:
         return f"{self.encoding}-{self.size}-seed{self.seed}"
 
 
+def encoding_overrides(config, label: str) -> dict:
+    """Model overrides of a grid label: its `grid.encoding_overrides` entry,
+    or just `position_encoding=label` for a label without one."""
+    if label in config.grid.encoding_overrides:
+        return dict(config.grid.encoding_overrides[label])
+    return {"position_encoding": label}
+
+
 def grid(config) -> list[RunSpec]:
     unknown = sorted(
-        set(config.grid.position_encodings) - set(positions.registered_names())
+        label
+        for label in config.grid.position_encodings
+        if encoding_overrides(config, label).get("position_encoding")
+        not in positions.registered_names()
     )
     if unknown:
         raise ValueError(
-            f"grid.position_encodings has unknown names {unknown}; valid names "
-            f"are {positions.registered_names()}."
+            f"grid.position_encodings has unknown names {unknown}; use registered "
+            f"encodings {positions.registered_names()} or labels defined in "
+            "grid.encoding_overrides."
         )
     return [
         RunSpec(encoding, size, seed)
@@ -87,7 +99,7 @@ def run_config(config, spec: RunSpec) -> ml_collections.ConfigDict:
     full = config.copy_and_resolve_references()  # Edits below stay local.
     result = ml_collections.ConfigDict({group: full[group] for group in TRAINER_GROUPS})
     result.seed = spec.seed
-    result.model.position_encoding = spec.encoding
+    result.model.update(encoding_overrides(config, spec.encoding))
     result.model.update(config.grid.size_overrides[spec.size])
     result.lock()
     return result

@@ -24,7 +24,7 @@ class ModelConfig:
     position_encoding: str = "rope"
     rotary_base: float = 10000.0
     rotary_layout: str = "interleaved"
-    rotary_dim: int | None = None  # None rotates the whole head.
+    rotary_dim: int | None = None  # None: derive from rotary_fraction.
     rotary_value: bool = False
     causal: bool = False
     pre_layer_norm: bool = False
@@ -35,7 +35,9 @@ class ModelConfig:
     dtype: str = "float32"  # Compute dtype; parameters stay float32.
 
     # Options of particular position encodings; others ignore them.
-    relative_num_buckets: int = 32  # t5: total buckets, halved per direction unless causal.
+    relative_num_buckets: int = (
+        32  # t5: total buckets, halved per direction unless causal.
+    )
     relative_max_distance: int = 128  # t5, deberta: distances beyond share a bucket.
     relative_clip_distance: int = 16  # shaw: relative distances clipped to +-k.
     fire_mlp_width: int = 32  # fire: hidden width of the distance MLP.

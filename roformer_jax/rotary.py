@@ -29,9 +29,12 @@ position 1e5. Positions past 2**24 also lose precision when converted to
 float32.
 
 Nothing here has trainable parameters, and frequencies are recomputed on each
-call rather than stored.
+call rather than stored. Rescaled frequencies for longer contexts are in
+`roformer_jax.rope_scaling`, and `angles_from_frequencies` and
+`apply_rotary_angles` apply any frequencies, learned or per head included.
 """
 
+import math
 import numbers
 from typing import Literal, TypeVar
 
@@ -81,6 +84,60 @@ def rotary_angles(
     positions = _as_integer_positions(positions)
     frequencies = rotary_frequencies(rotary_dim, base)
     return positions.astype(jnp.float32)[..., None] * frequencies
+
+
+def angles_from_frequencies(positions: ArrayLike, frequencies: ArrayLike) -> jax.Array:
+    """Compute the angles ``position * frequency`` for any frequencies.
+
+    Use this with rescaled (`roformer_jax.rope_scaling`) or learned frequencies
+    and pass the result to `apply_rotary_angles`.
+
+    Args:
+      positions: ``[B, T]`` integer token positions.
+      frequencies: ``[rotary_dim // 2]`` frequencies shared by all heads, or
+        ``[N, rotary_dim // 2]`` frequencies of each head, in radians per
+        position. They are cast to float32.
+
+    Returns:
+      ``[B, T, rotary_dim // 2]`` or ``[B, T, N, rotary_dim // 2]`` float32
+      angles in radians.
+    """
+    positions = _as_integer_positions(positions).astype(jnp.float32)
+    frequencies = jnp.asarray(frequencies).astype(jnp.float32)
+    if frequencies.ndim not in (1, 2):
+        raise ValueError(
+            f"frequencies shape {frequencies.shape} is neither [rotary_dim // 2] "
+            "nor [N, rotary_dim // 2]."
+        )
+    # [B, T] -> [B, T, 1] or [B, T, 1, 1], broadcast against the frequencies.
+    positions = positions.reshape(positions.shape + (1,) * frequencies.ndim)
+    return positions * frequencies
+
+
+def rotary_dim_from_fraction(head_dim: int, fraction: float) -> int:
+    """Compute the rotated width for a fraction of each head (partial rotary).
+
+    The width is the even number nearest ``fraction * head_dim``, with ties
+    rounded up, then clipped to lie between 2 and the largest even number of
+    at most head_dim. For example head_dim 64 with fraction 0.25 gives 16, and
+    head_dim 10 with fraction 0.3 gives 4.
+
+    Raises:
+      ValueError: for a fraction outside (0, 1] or a head_dim below 2.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(
+            f"fraction={fraction} is outside (0, 1]. Pass the fraction of each "
+            "head to rotate, for example 0.25 or 1.0."
+        )
+    largest = head_dim - head_dim % 2
+    if largest < 2:
+        raise ValueError(
+            f"head_dim={head_dim} has no feature pair to rotate. Use heads of "
+            "at least 2 features."
+        )
+    nearest_even = 2 * math.floor(fraction * head_dim / 2 + 0.5)
+    return min(max(nearest_even, 2), largest)
 
 
 def apply_rotary(
@@ -141,8 +198,9 @@ def apply_rotary_angles(
 
     Args:
       x: ``[B, T, N, H]`` array of any float dtype.
-      angles: ``[B, T, rotary_dim // 2]`` angles in radians, shared by all
-        heads. They are cast to float32.
+      angles: ``[B, T, rotary_dim // 2]`` angles in radians shared by all
+        heads, or ``[B, T, N, rotary_dim // 2]`` angles of each head. They are
+        cast to float32.
       layout: feature pairing, ``"interleaved"`` or ``"half"``.
 
     Returns:
@@ -153,17 +211,22 @@ def apply_rotary_angles(
     x = jnp.asarray(x)
     _check_x(x)
     angles = jnp.asarray(angles).astype(jnp.float32)
-    if angles.ndim != 3 or angles.shape[:2] != x.shape[:2]:
+    shared = angles.ndim == 3 and angles.shape[:2] == x.shape[:2]
+    per_head = angles.ndim == 4 and angles.shape[:3] == x.shape[:3]
+    if not (shared or per_head):
         raise ValueError(
-            f"angles shape {angles.shape} does not match [B, T, rotary_dim // 2] "
-            f"with [B, T] = {x.shape[:2]} taken from x with shape {x.shape}."
+            f"angles shape {angles.shape} matches neither [B, T, rotary_dim // 2] "
+            f"nor [B, T, N, rotary_dim // 2] with [B, T, N] = {x.shape[:3]} "
+            f"taken from x with shape {x.shape}."
         )
     head_dim = x.shape[-1]
     rotary_dim = _resolve_rotary_dim(head_dim, 2 * angles.shape[-1])
 
-    # [B, T, rotary_dim // 2] -> [B, T, 1, rotary_dim // 2], shared by all heads.
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
+    if shared:
+        # [B, T, rotary_dim // 2] -> [B, T, 1, rotary_dim // 2] for all heads.
+        angles = angles[:, :, None, :]
+    cos = jnp.cos(angles)
+    sin = jnp.sin(angles)
     rotated = x[..., :rotary_dim].astype(jnp.float32)
     if layout == "interleaved":
         rotated = _rotate_interleaved(rotated, cos, sin)
@@ -254,6 +317,37 @@ def permute_qk_weights(
         f"nor (N, H) = {(num_heads, head_dim)}. "
         "Check num_heads and head_dim against the projection."
     )
+
+
+def relative_upper_bound(
+    distances: ArrayLike, rotary_dim: int, base: float = 10000.0
+) -> jax.Array:
+    """Compute RoFormer's upper bound on RoPE attention at relative distances.
+
+    Su et al. 2021 (section 3.4.3) write the rotated product of a query and a
+    key as ``sum_i h_i exp(1j * r * theta_i)`` over the d/2 pairs, where r is
+    the relative distance m - n and h_i is the complex product of query pair i
+    and the conjugate of key pair i. Abel summation, with h_{d/2} = 0, bounds
+    its magnitude by ``(max_i |h_{i+1} - h_i|) * sum_{j=1}^{d/2} |S_j|`` with
+    the partial sums ``S_j = sum_{k=0}^{j-1} exp(1j * r * theta_k)``. This
+    function returns the relative bound ``(1 / (d/2)) * sum_{j=1}^{d/2} |S_j|``,
+    which the paper plots to show that attention decays as the distance grows.
+
+    Args:
+      distances: integer relative distances r of any shape. The bound is the
+        same for r and -r.
+      rotary_dim: d, a positive even int.
+      base: wavelength base, as in `rotary_frequencies`.
+
+    Returns:
+      float32 array of the shape of distances. Its largest value is
+      d/4 + 1/2, at r = 0. The angles carry the float32 error of
+      `rotary_angles`, which the module docstring bounds.
+    """
+    angles = rotary_angles(distances, rotary_dim, base)  # [..., d/2]
+    partial_real = jnp.cumsum(jnp.cos(angles), axis=-1)
+    partial_imag = jnp.cumsum(jnp.sin(angles), axis=-1)
+    return jnp.mean(jnp.hypot(partial_real, partial_imag), axis=-1)
 
 
 def _rotate_interleaved(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:

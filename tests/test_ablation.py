@@ -107,6 +107,16 @@ def test_unknown_encoding_rejected(tfds_dir):
         ablation.grid(config)
 
 
+def test_label_overrides_apply(tfds_dir):
+    config = smoke_grid(tfds_dir, encodings=("rope_half", "rope_partial"))
+    half = ablation.run_config(config, ablation.RunSpec("rope_half", "tiny", 0))
+    assert half.model.position_encoding == "rope"
+    assert half.model.rotary_layout == "half"
+    partial = ablation.run_config(config, ablation.RunSpec("rope_partial", "tiny", 0))
+    assert partial.model.rotary_fraction == 0.5
+    assert len(ablation.grid(config)) == 2
+
+
 def test_run_config_applies_cell(tfds_dir):
     config = smoke_grid(tfds_dir)
     run = ablation.run_config(config, ablation.RunSpec("learned", "tiny", 7))

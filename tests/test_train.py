@@ -237,3 +237,16 @@ def test_command_line_prints_config_error(tmp_path):
     assert result.returncode == 1
     assert "ConfigError: model.position_encoding='rotary' is unknown" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_config_lists_every_model_field():
+    """Every model option appears, with its default, in the config file."""
+    import dataclasses
+
+    from roformer_jax.model_config import ModelConfig
+
+    fields = {field.name for field in dataclasses.fields(ModelConfig)}
+    config = tiny_shakespeare.get_config()
+    assert fields - set(config.model) == {"vocab_size"}
+    defaults = ModelConfig(vocab_size=1)
+    assert config.model.rope_scaling == defaults.rope_scaling

@@ -4,6 +4,7 @@ import math
 
 from roformer_jax import positions as position_encodings
 from roformer_jax.model_config import ModelConfig
+from roformer_jax.positions.rope import validate_rope_options
 from roformer_jax.train import mesh as mesh_lib
 
 VALID_DTYPES = ("float32", "bfloat16", "float16")
@@ -54,18 +55,10 @@ def _check_model(config, model: ModelConfig) -> None:
         raise ConfigError(
             f"model.dtype={model.dtype!r} is invalid; use one of {VALID_DTYPES}."
         )
-    if model.position_encoding == "rope":
-        rotated = model.rotary_dim or model.head_dim
-        if rotated % 2 or rotated > model.head_dim or rotated < 1:
-            raise ConfigError(
-                f"model.rotary_dim={model.rotary_dim} is invalid for head dim "
-                f"{model.head_dim}; it must be even and at most the head dim."
-            )
-        if model.rotary_layout not in ("interleaved", "half"):
-            raise ConfigError(
-                f"model.rotary_layout={model.rotary_layout!r} is invalid; use "
-                "'interleaved' or 'half'."
-            )
+    try:
+        validate_rope_options(model)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     max_length = position_encodings.get(model.position_encoding)(model).max_length()
     if max_length is not None and config.data.seq_len > max_length:
         raise ConfigError(
