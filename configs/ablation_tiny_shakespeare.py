@@ -76,30 +76,30 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.mesh.data = 1  # One device per run; runs go in sequence.
 
         config.grid = ml_collections.ConfigDict()
-        config.grid.position_encodings = list(ENCODINGS)
-        config.grid.seeds = [0, 1, 2]
+        config.grid.position_encodings = tuple(ENCODINGS)
+        config.grid.seeds = (0, 1, 2)
         # Labels without an entry in encoding_overrides name an encoding.
         config.grid.encoding_overrides = _encoding_overrides()
-        config.grid.sizes = ["tiny"]  # Names of entries in grid.size_overrides.
+        config.grid.sizes = ("tiny",)  # Names of entries in grid.size_overrides.
         config.grid.size_overrides = _sizes()
 
         config.extrapolation = ml_collections.ConfigDict()
-        config.extrapolation.length_multipliers = [1, 2, 4, 8]  # Of data.seq_len.
-        config.extrapolation.rope_rescalings = [
+        config.extrapolation.length_multipliers = (1, 2, 4, 8)  # Of data.seq_len.
+        config.extrapolation.rope_rescalings = (
             "linear",
             "ntk",
             "dynamic_ntk",
             "yarn",
             "llama3",
-        ]
+        )
         config.extrapolation.max_eval_tokens = 16385  # Validation prefix, for speed.
         config.extrapolation.eval_batch_size = 8
         config.extrapolation.passkey_trials = 20
         config.extrapolation.passkey_digits = 3
 
         if arg == "smoke":
-            config.grid.position_encodings = ["rope", "alibi", "learned"]
-            config.grid.seeds = [0, 1]
+            config.grid.position_encodings = ("rope", "alibi", "learned")
+            config.grid.seeds = (0, 1)
             config.grid.size_overrides.tiny = ml_collections.ConfigDict(
                 dict(hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64)
             )
@@ -113,8 +113,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             config.train.log_every_steps = 2
             config.train.eval_max_batches = 2
             config.optim.warmup_steps = 1
-            config.extrapolation.length_multipliers = [1, 2, 4]
-            config.extrapolation.rope_rescalings = ["linear", "yarn"]
+            config.extrapolation.length_multipliers = (1, 2, 4)
+            config.extrapolation.rope_rescalings = ("linear", "yarn")
             config.extrapolation.max_eval_tokens = 1025
             config.extrapolation.passkey_trials = 2
         elif arg:

@@ -25,8 +25,8 @@ def smoke_grid(tfds_dir, encodings=("alibi", "learned"), seeds=(0,)):
     with config.unlocked():
         config.data.data_dir = tfds_dir
         config.data.manual_dir = str(SHARED_COPY)
-        config.grid.position_encodings = list(encodings)
-        config.grid.seeds = list(seeds)
+        config.grid.position_encodings = tuple(encodings)
+        config.grid.seeds = tuple(seeds)
     return config
 
 
