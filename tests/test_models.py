@@ -202,3 +202,33 @@ def test_parameters_have_logical_axes():
 def test_unknown_encoding_lists_valid_names():
     with pytest.raises(ValueError, match="rope"):
         positions.get("rotary")
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_sharded_logits_match_unsharded(encoding):
+    """Parameters and batch sharded over data=2, fsdp=2, tensor=2 of the eight
+    fake devices give the unsharded logits, to float32 summation order."""
+    from configs import tiny_shakespeare
+    from roformer_jax.train import mesh as mesh_lib
+
+    mesh_config = tiny_shakespeare.get_config().mesh
+    with mesh_config.unlocked():
+        mesh_config.data, mesh_config.fsdp, mesh_config.tensor = 2, 2, 2
+    mesh = mesh_lib.make_mesh(mesh_config)
+    rules = mesh_lib.axis_rules(mesh_config)
+    config = tiny_config(position_encoding=encoding, causal=True, rotary_grid_width=4)
+    tokens, pos, segments = inputs(batch=4)
+    model = LanguageModel(config)
+    boxed = model.init(jax.random.PRNGKey(1), tokens, pos, segments)["params"]
+    params = nn.meta.unbox(boxed)
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+    sharded_params = jax.device_put(params, shardings)
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    sharded_inputs = [
+        jax.device_put(x, batch_sharding) for x in (tokens, pos, segments)
+    ]
+    apply = jax.jit(lambda p, *xs: model.apply({"params": p}, *xs))
+    sharded = apply(sharded_params, *sharded_inputs)
+    unsharded = model.apply({"params": params}, tokens, pos, segments)
+    assert len(sharded.sharding.device_set) == 8
+    np.testing.assert_allclose(sharded, unsharded, rtol=1e-5, atol=1e-5)
