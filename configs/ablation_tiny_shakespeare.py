@@ -92,6 +92,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             "yarn",
             "llama3",
         )
+        # RoPE rescalings, with scale factor = multiplier; beyond plain lengths.
+        config.extrapolation.rescaled_length_multipliers = (2, 4, 8, 16)
         config.extrapolation.max_eval_tokens = 16385  # Validation prefix, for speed.
         config.extrapolation.eval_batch_size = 8
         config.extrapolation.passkey_trials = 20
@@ -115,6 +117,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             config.optim.warmup_steps = 1
             config.extrapolation.length_multipliers = (1, 2, 4)
             config.extrapolation.rope_rescalings = ("linear", "yarn")
+            config.extrapolation.rescaled_length_multipliers = (2, 8)
             config.extrapolation.max_eval_tokens = 1025
             config.extrapolation.passkey_trials = 2
         elif arg:

@@ -122,62 +122,73 @@ def _median_throughput(workdir: str) -> float:
     return statistics.median(rates) if rates else math.nan
 
 
-def _evaluate_lengths(run, config) -> dict:
-    """Loss per length (and per position), plus passkey accuracy."""
+def _evaluation_points(run, config) -> list[tuple[str, int, object]]:
+    """(key, length, model config) of every evaluation: the trained model at
+    each length multiplier, and for RoPE each rescaling at each of the
+    rescaled multipliers, with the scale factor equal to the multiplier."""
     extrapolation = config.extrapolation
     train_len = config.data.seq_len
-    tokens = run.data.validation_tokens[: extrapolation.max_eval_tokens]
-    filler = run.data.vocab.decode(run.data.validation_tokens)
     model_config = run.model.config
-    max_length = positions.get(model_config.position_encoding)(
-        model_config
-    ).max_length()
-    variants = {"plain": model_config}
+    points = [
+        (f"plain@{m}x", m * train_len, model_config)
+        for m in extrapolation.length_multipliers
+    ]
     if model_config.position_encoding == "rope":
         for rescaling in extrapolation.rope_rescalings:
-            variants[rescaling] = None  # Built per length below.
-    results = {}
-    for multiplier in extrapolation.length_multipliers:
-        length = multiplier * train_len
-        for variant in variants:
-            key = f"{variant}@{multiplier}x"
-            if max_length is not None and length > max_length:
-                results[key] = None
-                continue
-            variant_config = model_config
-            if variant != "plain":
-                variant_config = dataclasses.replace(
+            for m in extrapolation.rescaled_length_multipliers:
+                rescaled = dataclasses.replace(
                     model_config,
-                    rope_scaling=variant,
-                    rope_scaling_factor=float(multiplier),
+                    rope_scaling=rescaling,
+                    rope_scaling_factor=float(m),
                     rope_original_max_length=train_len,
                 )
-            model = type(run.model)(variant_config)
-            loss = length_eval.loss_by_position(
-                model,
-                run.state.params,
-                tokens,
-                seq_len=length,
-                batch_size=extrapolation.eval_batch_size,
-            )
-            passkey = None
-            digits = extrapolation.passkey_digits
-            if length >= length_eval.passkey_min_length(run.data.vocab, digits):
-                prompts = length_eval.passkey_prompts(
-                    run.data.vocab,
-                    filler,
-                    length=length,
-                    num_trials=extrapolation.passkey_trials,
-                    seed=0,
-                    digits=digits,
-                )
-                passkey = length_eval.passkey_accuracy(model, run.state.params, prompts)
-            results[key] = {
-                "length": length,
-                "loss": loss.mean_loss,
-                "position_loss": loss.position_loss.tolist(),
-                "passkey_accuracy": passkey,
-            }
+                points.append((f"{rescaling}@{m}x", m * train_len, rescaled))
+    return points
+
+
+def _evaluate_point(run, config, length: int, model_config) -> dict:
+    extrapolation = config.extrapolation
+    model = type(run.model)(model_config)
+    tokens = run.data.validation_tokens[: extrapolation.max_eval_tokens]
+    loss = length_eval.loss_by_position(
+        model,
+        run.state.params,
+        tokens,
+        seq_len=length,
+        batch_size=extrapolation.eval_batch_size,
+    )
+    passkey = None
+    digits = extrapolation.passkey_digits
+    if length >= length_eval.passkey_min_length(run.data.vocab, digits):
+        prompts = length_eval.passkey_prompts(
+            run.data.vocab,
+            run.data.vocab.decode(run.data.validation_tokens),
+            length=length,
+            num_trials=extrapolation.passkey_trials,
+            seed=0,
+            digits=digits,
+        )
+        passkey = length_eval.passkey_accuracy(model, run.state.params, prompts)
+    return {
+        "length": length,
+        "loss": loss.mean_loss,
+        "position_loss": loss.position_loss.tolist(),
+        "passkey_accuracy": passkey,
+    }
+
+
+def _evaluate_lengths(run, config) -> dict:
+    """Loss per length (and per position), plus passkey accuracy; None where
+    the encoding cannot represent the length."""
+    model_config = run.model.config
+    encoding = positions.get(model_config.position_encoding)(model_config)
+    max_length = encoding.max_length()
+    results = {}
+    for key, length, point_config in _evaluation_points(run, config):
+        if max_length is not None and length > max_length:
+            results[key] = None
+        else:
+            results[key] = _evaluate_point(run, config, length, point_config)
     return results
 
 

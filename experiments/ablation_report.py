@@ -117,8 +117,11 @@ def write_markdown(results: list[dict], path: str) -> None:
             "RoPE with each context-extension rescaling (loss, mean ± std over seeds):",
             "",
         ]
-        multipliers = [key.split("@")[1] for key in plain]
-        variants = sorted({key.split("@")[0] for key in _extrapolation_keys(rope_runs)})
+        rope_keys = _extrapolation_keys(rope_runs)
+        multipliers = sorted(
+            {key.split("@")[1] for key in rope_keys}, key=lambda m: int(m[:-1])
+        )
+        variants = sorted({key.split("@")[0] for key in rope_keys})
         lines.append("| rescaling | " + " | ".join(multipliers) + " |")
         lines.append("|---|" + "---|" * len(multipliers))
         for variant in variants:

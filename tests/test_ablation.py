@@ -137,3 +137,15 @@ def test_result_json_is_complete(tfds_dir, tmp_path):
     assert len(result["extrapolation"]["plain@2x"]["position_loss"]) == 64
     assert result["parameters"] > 0
     assert os.path.isdir(tmp_path / "alibi-tiny-seed0" / "checkpoints")
+
+
+def test_rope_rescalings_evaluated(tfds_dir, tmp_path):
+    config = smoke_grid(tfds_dir, encodings=("rope",))
+    result = ablation.run_grid(config, str(tmp_path))[0]
+    keys = set(result["extrapolation"])
+    assert {"plain@1x", "plain@2x", "plain@4x"} <= keys
+    assert {"linear@2x", "linear@8x", "yarn@2x", "yarn@8x"} <= keys
+    assert result["extrapolation"]["yarn@8x"]["length"] == 8 * 32
+    table = (tmp_path / "ablation.md").read_text(encoding="utf-8")
+    assert "| rescaling | 1x | 2x | 4x | 8x |" in table
+    assert "| yarn |" in table
