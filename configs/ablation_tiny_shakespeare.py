@@ -4,10 +4,11 @@
       --root=runs/ablation --config.data.manual_dir=DIR
 
 Every run trains the same small causal model with the same data order and
-initialisation seed, changing only `model.position_encoding`; then it is
-evaluated at 1, 2, 4 and 8 times the training length (RoPE also with each
-context-extension rescaling switched on), and on passkey retrieval. The
-runner writes docs-ready CSV, Markdown and PNG files under `--root`.
+initialisation seed, changing only the position encoding. Each trained model
+is then evaluated at 1, 2, 4 and 8 times the training length and on passkey
+retrieval. RoPE is also evaluated with each context-extension rescaling
+switched on, at 2 to 16 times the training length. The runner writes CSV,
+Markdown and PNG files under `--root`.
 
 Variants: `:smoke` shrinks everything to seconds for tests.
 

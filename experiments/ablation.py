@@ -90,7 +90,7 @@ def parse_shard(shard: str) -> tuple[int, int]:
 
 
 def run_config(config, spec: RunSpec) -> ml_collections.ConfigDict:
-    """The trainer config of one run: the grid's base with this cell applied."""
+    """Build the trainer config of one run: the grid's base with this cell applied."""
     if spec.size not in config.grid.size_overrides:
         raise ValueError(
             f"grid.sizes names {spec.size!r}, which grid.size_overrides lacks; "

@@ -81,55 +81,62 @@ def _plain_keys(results: list[dict]) -> list[str]:
     return [key for key in _extrapolation_keys(results) if key.startswith("plain@")]
 
 
-def write_markdown(results: list[dict], path: str) -> None:
-    groups = _groups(results)
+def _summary_table(results: list[dict]) -> list[str]:
+    """One row per (encoding, size): mean ± std over seeds of each metric."""
     plain = _plain_keys(results)
     steps = sorted({step for r in results for step in r["eval_loss_by_step"]}, key=int)
-    budgets = (
-        [steps[len(steps) // 3], steps[(2 * len(steps)) // 3]]
-        if len(steps) >= 3
-        else []
-    )
-    lines = ["| encoding | size | seeds | parameters | final val loss |"]
-    lines[0] += "".join(f" val loss @ step {step} |" for step in budgets)
-    lines[0] += "".join(f" loss @ {key.split('@')[1]} |" for key in plain)
-    lines[0] += "".join(f" passkey @ {key.split('@')[1]} |" for key in plain)
-    lines[0] += " tokens/s |"
-    lines.append("|" + "---|" * (lines[0].count("|") - 1))
-    for (encoding, size), runs in sorted(groups.items()):
+    budgets = []
+    if len(steps) >= 3:
+        budgets = [steps[len(steps) // 3], steps[(2 * len(steps)) // 3]]
+
+    header = "| encoding | size | seeds | parameters | final val loss |"
+    header += "".join(f" val loss @ step {step} |" for step in budgets)
+    header += "".join(f" loss @ {key.split('@')[1]} |" for key in plain)
+    header += "".join(f" passkey @ {key.split('@')[1]} |" for key in plain)
+    header += " tokens/s |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+
+    for (encoding, size), runs in sorted(_groups(results).items()):
         cells = [encoding, size, str(len(runs)), f"{runs[0]['parameters']:,}"]
         cells.append(_mean_std([r["final_eval_loss"] for r in runs]))
-        cells += [
-            _mean_std([r["eval_loss_by_step"].get(step) for r in runs])
-            for step in budgets
-        ]
-        cells += [_mean_std([_metric(r, key, "loss") for r in runs]) for key in plain]
-        cells += [
-            _mean_std([_metric(r, key, "passkey_accuracy") for r in runs])
-            for key in plain
-        ]
+        for step in budgets:
+            cells.append(_mean_std([r["eval_loss_by_step"].get(step) for r in runs]))
+        for key in plain:
+            cells.append(_mean_std([_metric(r, key, "loss") for r in runs]))
+        for key in plain:
+            cells.append(_mean_std([_metric(r, key, "passkey_accuracy") for r in runs]))
         cells.append(f"{statistics.median(r['tokens_per_second'] for r in runs):,.0f}")
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _rope_table(rope_runs: list[dict]) -> list[str]:
+    """Loss of RoPE runs at each length, plain and with each rescaling."""
+    rope_keys = _extrapolation_keys(rope_runs)
+    multipliers = sorted(
+        {key.split("@")[1] for key in rope_keys}, key=lambda m: int(m[:-1])
+    )
+    variants = sorted({key.split("@")[0] for key in rope_keys})
+    lines = [
+        "RoPE with each context-extension rescaling (loss, mean ± std over seeds):",
+        "",
+        "| rescaling | " + " | ".join(multipliers) + " |",
+        "|---|" + "---|" * len(multipliers),
+    ]
+    for variant in variants:
+        cells = [
+            _mean_std([_metric(r, f"{variant}@{m}", "loss") for r in rope_runs])
+            for m in multipliers
+        ]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_markdown(results: list[dict], path: str) -> None:
+    lines = _summary_table(results)
     rope_runs = [r for r in results if r["encoding"] == "rope"]
     if rope_runs:
-        lines += [
-            "",
-            "RoPE with each context-extension rescaling (loss, mean ± std over seeds):",
-            "",
-        ]
-        rope_keys = _extrapolation_keys(rope_runs)
-        multipliers = sorted(
-            {key.split("@")[1] for key in rope_keys}, key=lambda m: int(m[:-1])
-        )
-        variants = sorted({key.split("@")[0] for key in rope_keys})
-        lines.append("| rescaling | " + " | ".join(multipliers) + " |")
-        lines.append("|---|" + "---|" * len(multipliers))
-        for variant in variants:
-            cells = [
-                _mean_std([_metric(r, f"{variant}@{m}", "loss") for r in rope_runs])
-                for m in multipliers
-            ]
-            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines += [""] + _rope_table(rope_runs)
     with open(path, "w", encoding="utf-8") as file:
         file.write("\n".join(lines) + "\n")
 
