@@ -61,4 +61,8 @@ class SinusoidalAbsolute(PositionEncoding):
     "Attention Is All You Need"); computed on the fly, so no length limit."""
 
     def embed(self, positions: Array) -> Array:
+        # NOTE: the sinusoids have unit amplitude, while token embeddings start
+        # at std `initializer_range` (0.02) and are not multiplied by sqrt(D)
+        # as in Vaswani et al., so early in training the position signal
+        # dominates the token signal.
         return sinusoid_table(positions, self.config.embedding_dim)
