@@ -97,6 +97,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         )
         # RoPE rescalings, with scale factor = multiplier; beyond plain lengths.
         config.extrapolation.rescaled_length_multipliers = (2, 4, 8, 16)
+        # Grid labels whose runs are also evaluated with each RoPE rescaling.
+        config.extrapolation.rescaled_labels = ("rope",)
         config.extrapolation.max_eval_tokens = 8193  # Validation prefix, for speed.
         config.extrapolation.eval_batch_size = 8
         config.extrapolation.passkey_trials = 10

@@ -122,9 +122,10 @@ def _median_throughput(workdir: str) -> float:
     return statistics.median(rates) if rates else math.nan
 
 
-def _evaluation_points(run, config) -> list[tuple[str, int, object]]:
+def _evaluation_points(run, config, label: str) -> list[tuple[str, int, object]]:
     """(key, length, model config) of every evaluation: the trained model at
-    each length multiplier, and for RoPE each rescaling at each of the
+    each length multiplier and, for grid labels in
+    `extrapolation.rescaled_labels`, each RoPE rescaling at each of the
     rescaled multipliers, with the scale factor equal to the multiplier."""
     extrapolation = config.extrapolation
     train_len = config.data.seq_len
@@ -133,7 +134,7 @@ def _evaluation_points(run, config) -> list[tuple[str, int, object]]:
         (f"plain@{m}x", m * train_len, model_config)
         for m in extrapolation.length_multipliers
     ]
-    if model_config.position_encoding == "rope":
+    if label in extrapolation.rescaled_labels:
         for rescaling in extrapolation.rope_rescalings:
             for m in extrapolation.rescaled_length_multipliers:
                 rescaled = dataclasses.replace(
@@ -177,14 +178,14 @@ def _evaluate_point(run, config, length: int, model_config) -> dict:
     }
 
 
-def _evaluate_lengths(run, config) -> dict:
+def _evaluate_lengths(run, config, label: str) -> dict:
     """Loss per length (and per position), plus passkey accuracy; None where
     the encoding cannot represent the length."""
     model_config = run.model.config
     encoding = positions.get(model_config.position_encoding)(model_config)
     max_length = encoding.max_length()
     results = {}
-    for key, length, point_config in _evaluation_points(run, config):
+    for key, length, point_config in _evaluation_points(run, config, label):
         if max_length is not None and length > max_length:
             results[key] = None
         else:
@@ -216,7 +217,7 @@ def run_one(config, spec: RunSpec, root: str) -> dict:
             "final_eval_loss": final["eval/loss"],
             "eval_loss_by_step": _eval_steps_losses(workdir),
             "tokens_per_second": _median_throughput(workdir),
-            "extrapolation": _evaluate_lengths(run, config),
+            "extrapolation": _evaluate_lengths(run, config, spec.encoding),
         }
     finally:
         run.checkpointer.close()

@@ -149,3 +149,10 @@ def test_rope_rescalings_evaluated(tfds_dir, tmp_path):
     table = (tmp_path / "ablation.md").read_text(encoding="utf-8")
     assert "| rescaling | 1x | 2x | 4x | 8x |" in table
     assert "| yarn |" in table
+
+
+def test_rescalings_only_for_listed_labels(tfds_dir, tmp_path):
+    config = smoke_grid(tfds_dir, encodings=("rope_half",))
+    result = ablation.run_grid(config, str(tmp_path))[0]
+    assert set(result["extrapolation"]) == {"plain@1x", "plain@2x", "plain@4x"}
+    assert "| yarn |" in table
