@@ -155,4 +155,3 @@ def test_rescalings_only_for_listed_labels(tfds_dir, tmp_path):
     config = smoke_grid(tfds_dir, encodings=("rope_half",))
     result = ablation.run_grid(config, str(tmp_path))[0]
     assert set(result["extrapolation"]) == {"plain@1x", "plain@2x", "plain@4x"}
-    assert "| yarn |" in table
