@@ -52,14 +52,15 @@ def test_logits_shape_and_finite(encoding, causal):
     assert np.all(np.isfinite(logits))
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["decoder", "encoder"])
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_bfloat16_compute(encoding):
-    config = tiny_config(position_encoding=encoding, causal=True, dtype="bfloat16")
+def test_bfloat16_compute(encoding, causal):
+    config = tiny_config(position_encoding=encoding, causal=causal, dtype="bfloat16")
     params, logits = init_and_apply(config, *inputs())
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
     assert np.all(np.isfinite(logits))
     _, reference = init_and_apply(
-        tiny_config(position_encoding=encoding, causal=True), *inputs()
+        tiny_config(position_encoding=encoding, causal=causal), *inputs()
     )
     np.testing.assert_allclose(logits, reference, atol=0.1)
 
@@ -204,8 +205,9 @@ def test_unknown_encoding_lists_valid_names():
         positions.get("rotary")
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["decoder", "encoder"])
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_sharded_logits_match_unsharded(encoding):
+def test_sharded_logits_match_unsharded(encoding, causal):
     """Parameters and batch sharded over data=2, fsdp=2, tensor=2 of the eight
     fake devices give the unsharded logits, to float32 summation order."""
     from configs import tiny_shakespeare
@@ -216,7 +218,7 @@ def test_sharded_logits_match_unsharded(encoding):
         mesh_config.data, mesh_config.fsdp, mesh_config.tensor = 2, 2, 2
     mesh = mesh_lib.make_mesh(mesh_config)
     rules = mesh_lib.axis_rules(mesh_config)
-    config = tiny_config(position_encoding=encoding, causal=True, rotary_grid_width=4)
+    config = tiny_config(position_encoding=encoding, causal=causal, rotary_grid_width=4)
     tokens, pos, segments = inputs(batch=4)
     model = LanguageModel(config)
     boxed = model.init(jax.random.PRNGKey(1), tokens, pos, segments)["params"]
