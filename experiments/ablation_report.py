@@ -82,7 +82,7 @@ def _plain_keys(results: list[dict]) -> list[str]:
 
 
 def _summary_table(results: list[dict]) -> list[str]:
-    """One row per (encoding, size): mean ± std over seeds of each metric."""
+    """Build one row per (encoding, size): mean ± std over seeds of each metric."""
     plain = _plain_keys(results)
     steps = sorted({step for r in results for step in r["eval_loss_by_step"]}, key=int)
     budgets = []

@@ -40,7 +40,7 @@ def _drop_absl_info(record: logging.LogRecord) -> bool:
 
 def _main(argv) -> None:
     del argv
-    # TensorFlow, which TFDS imports, prints C++ INFO lines unless told not to.
+    # TensorFlow, which TFDS imports, prints C++ INFO lines unless this is set.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     logging.basicConfig(
         level=logging.INFO,

@@ -59,41 +59,6 @@ def weighted_values(weights: Array, v: Array) -> Array:
     return jnp.einsum("bnts,bsnh->btnh", weights.astype(v.dtype), v)
 
 
-def einsum_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    *,
-    mask: Array | None = None,
-    bias: Array | None = None,
-    dropout_rate: float = 0.0,
-    dropout_rng: Array | None = None,
-) -> Array:
-    """Attend with explicit einsums; supports dropout on the probabilities.
-
-    Args:
-      q: `[B, T, N, H]` queries.
-      k: `[B, S, N, H]` keys.
-      v: `[B, S, N, H]` values.
-      mask: bool `[B, 1 or N, T, S]`, True where attention is allowed.
-      bias: float `[B or 1, N or 1, T, S]` added to the logits.
-      dropout_rate: probability of dropping an attention weight.
-      dropout_rng: key for dropout; dropout applies only when it is given.
-
-    Returns:
-      `[B, T, N, H]` in the dtype of `v`. Logits and softmax run in float32.
-    """
-    weights = attention_weights(
-        q,
-        k,
-        mask=mask,
-        bias=bias,
-        dropout_rate=dropout_rate,
-        dropout_rng=dropout_rng,
-    )
-    return weighted_values(weights, v)
-
-
 def fused_attention(
     q: Array,
     k: Array,
@@ -104,7 +69,8 @@ def fused_attention(
 ) -> Array:
     """Attend through `jax.nn.dot_product_attention` (no dropout).
 
-    Same contract as `einsum_attention`; XLA or cuDNN picks the kernel.
+    Same result as `attention_weights` then `weighted_values` without
+    dropout; XLA or cuDNN picks the kernel.
     Rows whose keys are all masked return zeros here too.
     """
     out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)

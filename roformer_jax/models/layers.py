@@ -119,7 +119,10 @@ class SelfAttention(nn.Module):
         position = encoding(config, name="position")
         q, k, v, bias = position.transform(q, k, v, positions, positions)
         use_dropout = not deterministic and config.attention_dropout_rate > 0.0
-        if position.needs_attention_weights:
+        if not (position.needs_attention_weights or use_dropout):
+            out = softmax.fused_attention(q, k, v, mask=mask, bias=bias)
+        else:
+            # The fused kernel has no dropout and hides the weights.
             weights = softmax.attention_weights(
                 q,
                 k,
@@ -132,18 +135,6 @@ class SelfAttention(nn.Module):
             offsets = position.value_offsets(weights, positions, positions)
             if offsets is not None:
                 out = out + offsets.astype(out.dtype)
-        elif use_dropout:
-            out = softmax.einsum_attention(
-                q,
-                k,
-                v,
-                mask=mask,
-                bias=bias,
-                dropout_rate=config.attention_dropout_rate,
-                dropout_rng=self.make_rng("dropout"),
-            )
-        else:
-            out = softmax.fused_attention(q, k, v, mask=mask, bias=bias)
         return nn.DenseGeneral(
             config.hidden_size,
             axis=(-2, -1),
@@ -207,7 +198,7 @@ class Block(nn.Module):
 
 
 def attention_mask(config: ModelConfig, segment_ids: Array) -> Array:
-    """The `[B, 1, T, S]` mask for padding, packing and (if causal) order."""
+    """Build the `[B, 1, T, S]` mask for padding, packing and (if causal) order."""
     length = segment_ids.shape[1]
     causal = masks.causal_mask(length, length) if config.causal else None
     return masks.combine(masks.segment_mask(segment_ids, segment_ids), causal)
