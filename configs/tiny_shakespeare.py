@@ -15,7 +15,7 @@ and throughput of this config on a 2-core CPU machine.
 import ml_collections
 
 
-def _model() -> ml_collections.ConfigDict:
+def model_group() -> ml_collections.ConfigDict:
     model = ml_collections.ConfigDict()
     model.hidden_size = 192  # D
     model.num_layers = 4
@@ -63,7 +63,7 @@ def _model() -> ml_collections.ConfigDict:
     return model
 
 
-def _data() -> ml_collections.ConfigDict:
+def data_group() -> ml_collections.ConfigDict:
     data = ml_collections.ConfigDict()
     data.dataset = "tiny_shakespeare"
     data.data_dir = ml_collections.config_dict.placeholder(
@@ -79,7 +79,7 @@ def _data() -> ml_collections.ConfigDict:
     return data
 
 
-def _optim() -> ml_collections.ConfigDict:
+def optim_group() -> ml_collections.ConfigDict:
     optim = ml_collections.ConfigDict()
     optim.learning_rate = 3e-3  # Peak, reached after warmup.
     optim.warmup_steps = 100
@@ -93,7 +93,7 @@ def _optim() -> ml_collections.ConfigDict:
     return optim
 
 
-def _train() -> ml_collections.ConfigDict:
+def train_group() -> ml_collections.ConfigDict:
     train = ml_collections.ConfigDict()
     train.num_train_steps = 1200
     train.log_every_steps = 50
@@ -110,7 +110,7 @@ def _train() -> ml_collections.ConfigDict:
     return train
 
 
-def _mesh() -> ml_collections.ConfigDict:
+def mesh_group() -> ml_collections.ConfigDict:
     mesh = ml_collections.ConfigDict()
     mesh.data = -1  # -1 takes every device the other axes leave.
     mesh.fsdp = 1
@@ -161,11 +161,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # Parameter init, data order and dropout all derive from it.
     config.task = "causal_lm"
-    config.model = _model()
-    config.data = _data()
-    config.optim = _optim()
-    config.train = _train()
-    config.mesh = _mesh()
+    config.model = model_group()
+    config.data = data_group()
+    config.optim = optim_group()
+    config.train = train_group()
+    config.mesh = mesh_group()
     _apply_variant(config, arg)
     config.lock()
     return config

@@ -87,7 +87,9 @@ class LMHead(nn.Module):
 class LanguageModel(nn.Module):
     """A transformer with the tied LM head: masked LM unless `config.causal`.
 
-    Returns float32 `[B, T, V]` logits.
+    Returns float32 `[B, T, V]` logits, or `[B, P, V]` at the `[B, P]` indices
+    `prediction_positions` when given. Masked-LM training predicts only the
+    masked tokens, so gathering them first skips most of the vocabulary matmul.
     """
 
     config: ModelConfig
@@ -102,10 +104,13 @@ class LanguageModel(nn.Module):
         positions: Array,
         segment_ids: Array,
         token_types: Array | None = None,
+        prediction_positions: Array | None = None,
         *,
         deterministic: bool = True,
     ) -> Array:
         x = self.transformer(
             tokens, positions, segment_ids, token_types, deterministic=deterministic
         )
+        if prediction_positions is not None:
+            x = jnp.take_along_axis(x, prediction_positions[..., None], axis=1)
         return self.lm_head(x, self.transformer)

@@ -1,19 +1,39 @@
-"""The data phase of the trainer: text splits, vocabulary, batch sources."""
+"""The data phase of the trainer: the task, its batch sources and vocabulary."""
 
 import dataclasses
 import logging
 import os
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from roformer_jax.data import tiny_shakespeare
 from roformer_jax.data.vocab import CharVocab
-from roformer_jax.data.windows import RandomWindows
+from roformer_jax.data.windows import RandomWindows, eval_batches
+from roformer_jax.train import tasks, text_inputs
 
 logger = logging.getLogger(__name__)
 
 VOCAB_FILENAME = "vocab.json"
 DATASETS = ("tiny_shakespeare",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+    """What the trainer needs from the data phase of any task.
+
+    `train.batch(step)` gives the batch of a step; `eval_batches()` yields
+    the whole evaluation split in fixed-shape batches. `char_data` is the
+    character corpus of `causal_lm` runs and `tokenizer` the subword
+    tokenizer of the text tasks; each is None for the other tasks.
+    """
+
+    task: object
+    train: object
+    eval_batches: Callable[[], Iterator[dict]]
+    vocab_size: int
+    char_data: "LanguageModelData | None" = None
+    tokenizer: object = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,4 +92,46 @@ def load_language_model_data(config, workdir: str) -> LanguageModelData:
     )
     return LanguageModelData(
         vocab=vocab, train=train, validation_tokens=vocab.encode(splits["validation"])
+    )
+
+
+def load_task_data(config, workdir: str) -> TaskData:
+    """Load the data of `config.task` and build its task description."""
+    data = config.data
+    if config.task == "causal_lm":
+        char_data = load_language_model_data(config, workdir)
+        return TaskData(
+            task=tasks.LanguageModelTask("causal_lm"),
+            train=char_data.train,
+            eval_batches=lambda: eval_batches(
+                char_data.validation_tokens,
+                seq_len=data.seq_len,
+                batch_size=data.eval_batch_size,
+            ),
+            vocab_size=char_data.vocab.size,
+            char_data=char_data,
+        )
+    if config.task == "masked_lm":
+        tokenizer, train, eval_source = text_inputs.load_masked_lm_data(config, workdir)
+        return TaskData(
+            task=tasks.LanguageModelTask("masked_lm"),
+            train=train,
+            eval_batches=eval_source,
+            vocab_size=tokenizer.vocab_size,
+            tokenizer=tokenizer,
+        )
+    tokenizer, train, eval_source, description = text_inputs.load_classification_data(
+        config, workdir
+    )
+    task = tasks.ClassificationTask(
+        num_classes=description["num_classes"],
+        metric_names=description["metric_names"],
+        multiple_choice=description["multiple_choice"],
+    )
+    return TaskData(
+        task=task,
+        train=train,
+        eval_batches=eval_source,
+        vocab_size=tokenizer.vocab_size,
+        tokenizer=tokenizer,
     )

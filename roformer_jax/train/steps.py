@@ -1,7 +1,7 @@
-"""The jitted training and evaluation steps of a causal language model.
+"""The jitted training and evaluation steps of any task in `tasks`.
 
-Batches are dicts of `[B, T]` arrays: `inputs`, `targets`, `positions`,
-`segment_ids` (int32) and `weights` (float32, 0 on padding).
+The task supplies the forward pass and the loss; see `tasks` for the batch
+layouts.
 """
 
 import dataclasses
@@ -19,28 +19,6 @@ from roformer_jax.train.state import TrainState
 Batch = dict[str, jax.Array]
 
 
-def weighted_cross_entropy(logits, targets, weights):
-    """Return the summed loss, correct count and weight of a batch."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    return {
-        "loss_sum": jnp.sum(losses * weights),
-        "correct_sum": jnp.sum(correct * weights),
-        "weight_sum": jnp.sum(weights),
-    }
-
-
-def _forward(model: nn.Module, params, batch: Batch, *, deterministic: bool, rngs=None):
-    return model.apply(
-        {"params": params},
-        batch["inputs"],
-        batch["positions"],
-        batch["segment_ids"],
-        deterministic=deterministic,
-        rngs=rngs,
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class Steps:
     """The compiled train and eval steps for one mesh."""
@@ -50,6 +28,7 @@ class Steps:
 
 
 def make_steps(
+    task,
     model: nn.Module,
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
@@ -68,10 +47,10 @@ def make_steps(
         dropout_key = jax.random.fold_in(base_key, state.step)
 
         def loss_fn(params):
-            logits = _forward(
+            outputs = task.forward(
                 model, params, batch, deterministic=False, rngs={"dropout": dropout_key}
             )
-            sums = weighted_cross_entropy(logits, batch["targets"], batch["weights"])
+            sums = task.loss_sums(outputs, batch)
             return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
 
         (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -79,19 +58,21 @@ def make_steps(
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "train/loss": loss,
-            "train/accuracy": sums["correct_sum"]
-            / jnp.maximum(sums["weight_sum"], 1.0),
             "train/learning_rate": schedule(state.step),
             "train/grad_norm": optax.tree.norm(grads),
             "train/param_norm": optax.tree.norm(params),
             "train/update_norm": optax.tree.norm(updates),
         }
+        if "correct_sum" in sums:
+            metrics["train/accuracy"] = sums["correct_sum"] / jnp.maximum(
+                sums["weight_sum"], 1.0
+            )
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
     def eval_step(params, batch: Batch):
-        logits = _forward(model, params, batch, deterministic=True)
-        return weighted_cross_entropy(logits, batch["targets"], batch["weights"])
+        outputs = task.forward(model, params, batch, deterministic=True)
+        return task.eval_outputs(outputs, batch)
 
     batch_sharding = mesh_lib.batch_sharding(mesh)
     replicated = mesh_lib.replicated(mesh)

@@ -10,17 +10,16 @@ import math
 import os
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from roformer_jax.data.prefetch import Prefetcher
-from roformer_jax.data.windows import eval_batches
-from roformer_jax.models import LanguageModel
 from roformer_jax.train import mesh as mesh_lib
-from roformer_jax.train import perf
+from roformer_jax.train import perf, pretrained, tasks
 from roformer_jax.train.checkpoint import Checkpointer
-from roformer_jax.train.inputs import LanguageModelData, load_language_model_data
+from roformer_jax.train.inputs import TaskData, load_task_data
 from roformer_jax.train.metrics import MetricWriter, Progress, format_duration
 from roformer_jax.train.optimizer import make_optimizer
 from roformer_jax.train.state import (
@@ -43,8 +42,8 @@ class Run:
     config: object
     workdir: str
     mesh: Mesh
-    data: LanguageModelData
-    model: LanguageModel
+    data: TaskData
+    model: nn.Module
     steps: Steps
     state: TrainState
     start_step: int
@@ -52,6 +51,7 @@ class Run:
     writer: MetricWriter
     flops_per_step: float
     peak_flops_per_second: float
+    tokens_per_step: int
 
 
 def _write_config(config, workdir: str) -> None:
@@ -100,11 +100,11 @@ def setup(config, workdir: str) -> Run:
     rules = mesh_lib.axis_rules(config.mesh)
     logger.info("Mesh %s over %d devices.", dict(mesh.shape), mesh.devices.size)
 
-    data = load_language_model_data(config, workdir)
+    data = load_task_data(config, workdir)
     model_config = validate_config(
-        config, device_count=jax.device_count(), vocab_size=data.vocab.size
+        config, device_count=jax.device_count(), vocab_size=data.vocab_size
     )
-    model = LanguageModel(model_config)
+    model = data.task.build_model(model_config)
     tx, schedule = make_optimizer(config.optim, config.train.num_train_steps)
     layout = plan_state(
         model,
@@ -121,18 +121,32 @@ def setup(config, workdir: str) -> Run:
         max_to_keep=config.train.max_checkpoints_to_keep,
     )
     state, start_step = _restore(checkpointer, layout)
+    if start_step == 0 and config.get("finetune", {}).get("init_workdir"):
+        state = pretrained.load_encoder(
+            state,
+            layout,
+            config.finetune.init_workdir,
+            extend_positions=config.finetune.extend_position_embeddings,
+        )
     logger.info(
         "Parameters (%s):\n%s", f"{num_params:,}", parameter_table(state.params)
     )
     steps = make_steps(
-        model, tx, schedule, layout.shardings, mesh, dropout_seed=config.seed + 1
+        data.task,
+        model,
+        tx,
+        schedule,
+        layout.shardings,
+        mesh,
+        dropout_seed=config.seed + 1,
     )
+    tokens_per_step = int(data.train.batch(0)["inputs"].size)
     flops = perf.model_flops_per_step(
         num_params=num_params,
         num_layers=model_config.num_layers,
         hidden_size=model_config.hidden_size,
         seq_len=config.data.seq_len,
-        batch_size=config.data.global_batch_size,
+        batch_size=tokens_per_step // config.data.seq_len,
     )
     return Run(
         config=config,
@@ -147,6 +161,7 @@ def setup(config, workdir: str) -> Run:
         writer=MetricWriter(workdir, tensorboard=config.train.tensorboard),
         flops_per_step=flops,
         peak_flops_per_second=_peak_flops(config, mesh),
+        tokens_per_step=tokens_per_step,
     )
 
 
@@ -167,32 +182,24 @@ def _restore(checkpointer: Checkpointer, layout: StateLayout) -> tuple[TrainStat
 
 
 def evaluate(run: Run, params) -> dict[str, float]:
-    """Exact per-character metrics over the validation split."""
-    data = run.config.data
-    batches = eval_batches(
-        run.data.validation_tokens,
-        seq_len=data.seq_len,
-        batch_size=data.eval_batch_size,
-    )
-    totals = {"loss_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
-    for index, batch in enumerate(batches):
+    """Metrics of `params` over the validation split, as the task defines
+    them: per token for language models, per example for classification."""
+    outputs = []
+    for index, batch in enumerate(run.data.eval_batches()):
         if (
             run.config.train.eval_max_batches is not None
             and index >= run.config.train.eval_max_batches
         ):
             break
-        sums = jax.device_get(
-            run.steps.evaluate(params, _global_batch(batch, run.mesh))
+        outputs.append(
+            jax.device_get(run.steps.evaluate(params, _global_batch(batch, run.mesh)))
         )
-        for key in totals:
-            totals[key] += float(sums[key])
-    loss = totals["loss_sum"] / max(totals["weight_sum"], 1.0)
-    return {
-        "eval/loss": loss,
-        "eval/accuracy": totals["correct_sum"] / max(totals["weight_sum"], 1.0),
-        "eval/bits_per_character": loss / math.log(2.0),
-        "eval/perplexity": math.exp(min(loss, 50.0)),
-    }
+    if not outputs:
+        raise ValueError(
+            "The validation split gave no evaluation batch; check data.* and "
+            "train.eval_max_batches."
+        )
+    return run.data.task.summarize(tasks.collect_eval_outputs(outputs))
 
 
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:
@@ -243,12 +250,13 @@ def _evaluate_and_log(run: Run, step: int) -> dict[str, float]:
     metrics["perf/eval_seconds"] = time.perf_counter() - start
     run.writer.write_scalars(step, metrics)
     logger.info(
-        "eval at step %d: loss %.4f  %.4f bits/char  accuracy %.4f  perplexity %.3f",
+        "eval at step %d: %s",
         step,
-        metrics["eval/loss"],
-        metrics["eval/bits_per_character"],
-        metrics["eval/accuracy"],
-        metrics["eval/perplexity"],
+        "  ".join(
+            f"{name.removeprefix('eval/')} {value:.4f}"
+            for name, value in metrics.items()
+            if name.startswith("eval/")
+        ),
     )
     return metrics
 
@@ -270,8 +278,7 @@ def train_loop(run: Run, *, stop_after_step: int | None = None) -> dict[str, flo
             total,
         )
         return {}
-    tokens_per_step = run.config.data.global_batch_size * run.config.data.seq_len
-    progress = Progress(run.start_step, total, tokens_per_step)
+    progress = Progress(run.start_step, total, run.tokens_per_step)
     prefetcher = Prefetcher(
         run.data.train.batch,
         run.start_step,

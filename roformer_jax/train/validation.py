@@ -8,6 +8,9 @@ from roformer_jax.positions.rope import validate_rope_options
 from roformer_jax.train import mesh as mesh_lib
 
 VALID_DTYPES = ("float32", "bfloat16", "float16")
+# The values of `config.task`; `inputs.load_task_data` builds each.
+TASK_NAMES = ("causal_lm", "masked_lm", "classification")
+TOKENIZER_KINDS = ("wordpiece", "chinese_char", "chinese_word")
 
 
 class ConfigError(ValueError):
@@ -69,8 +72,43 @@ def _check_model(config, model: ModelConfig) -> None:
         )
 
 
+def _check_task(config) -> None:
+    if config.task not in TASK_NAMES:
+        raise ConfigError(
+            f"task={config.task!r} is unknown; valid tasks are {list(TASK_NAMES)}."
+        )
+    if config.task == "causal_lm":
+        return
+    tokenizer = config.tokenizer
+    if tokenizer.kind not in TOKENIZER_KINDS:
+        raise ConfigError(
+            f"tokenizer.kind={tokenizer.kind!r} is invalid; use one of "
+            f"{list(TOKENIZER_KINDS)}."
+        )
+    if not tokenizer.vocab_file:
+        _check_positive("tokenizer.vocab_size", tokenizer.vocab_size)
+    if config.task == "masked_lm":
+        if not 0.0 < config.data.mask_rate < 1.0:
+            raise ConfigError(
+                f"data.mask_rate={config.data.mask_rate!r} is invalid; it must be "
+                "between 0 and 1 (BERT uses 0.15)."
+            )
+        if config.model.causal:
+            raise ConfigError(
+                "model.causal=True with task='masked_lm': a masked LM needs a "
+                "bidirectional encoder; set --config.model.causal=False."
+            )
+    if config.task == "classification":
+        if not 0.0 < config.data.validation_fraction < 1.0:
+            raise ConfigError(
+                f"data.validation_fraction={config.data.validation_fraction!r} "
+                "is invalid; it must be between 0 and 1."
+            )
+
+
 def validate_config(config, *, device_count: int, vocab_size: int = 1) -> ModelConfig:
     """Raise ConfigError on the first invalid value; return the ModelConfig."""
+    _check_task(config)
     train = config.train
     for name in (
         "num_train_steps",

@@ -1,0 +1,150 @@
+"""Start a fine-tuning run from the encoder of a pre-training run.
+
+Only the `transformer` parameters are taken from the pre-training
+checkpoint; the task head keeps its fresh initialisation and the optimizer
+starts from zero.
+"""
+
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from roformer_jax.train.checkpoint import _describe_differences, _shapes_by_path
+from roformer_jax.train.state import StateLayout, TrainState
+
+logger = logging.getLogger(__name__)
+
+ENCODER = "transformer"
+LEARNED_POSITION_TABLE = "embeddings/position/table/embedding"
+
+
+class PretrainedMismatchError(ValueError):
+    """The pre-trained encoder does not fit the model being fine-tuned."""
+
+
+def _restore_params(init_workdir: str, mesh) -> tuple[dict, int, str]:
+    directory = os.path.abspath(os.path.join(init_workdir, "checkpoints"))
+    if not os.path.isdir(directory):
+        raise PretrainedMismatchError(
+            f"finetune.init_workdir={init_workdir!r} has no checkpoints/ folder; "
+            "point it at the --workdir of a finished pre-training run."
+        )
+    manager = ocp.CheckpointManager(
+        directory,
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler(),
+        },
+    )
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise PretrainedMismatchError(
+                f"{directory} contains no checkpoint; let the pre-training run "
+                "save one (train.checkpoint_every_steps) before fine-tuning."
+            )
+        metadata = manager.item_metadata(step)["state"]
+        replicated = NamedSharding(mesh, PartitionSpec())
+        target = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(
+                tuple(leaf.shape), leaf.dtype, sharding=replicated
+            ),
+            metadata,
+        )
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(target)),
+        )
+    finally:
+        manager.close()
+    return restored.state["params"], step, directory
+
+
+def _extend_table(table: np.ndarray, rows: int) -> np.ndarray:
+    """Tile a learned position table to `rows` rows: copy k of position p
+    initialises position p + k * (old size)."""
+    repeats = -(-rows // table.shape[0])
+    return np.tile(table, (repeats, 1))[:rows]
+
+
+def load_encoder(
+    state: TrainState,
+    layout: StateLayout,
+    init_workdir: str,
+    *,
+    extend_positions: bool,
+) -> TrainState:
+    """Replace the encoder parameters of a fresh state with pre-trained ones.
+
+    Raises:
+      PretrainedMismatchError: no checkpoint, or its encoder differs in
+        parameter names or shapes; the message lists each difference. A
+        learned position table smaller than the model's is extended only
+        when `extend_positions` is true.
+    """
+    mesh = jax.tree.leaves(layout.shardings.params)[0].mesh
+    stored_params, step, directory = _restore_params(init_workdir, mesh)
+    if ENCODER not in stored_params:
+        raise PretrainedMismatchError(
+            f"The checkpoint in {directory} has no {ENCODER!r} parameters "
+            f"(found {sorted(stored_params)}); it was not written by a "
+            "roformer_jax model."
+        )
+    stored = dict(jax.tree.map(np.asarray, stored_params[ENCODER]))
+    expected = state.params[ENCODER]
+    stored_shapes = _shapes_by_path(stored)
+    expected_shapes = _shapes_by_path(expected)
+    table = LEARNED_POSITION_TABLE
+    if (
+        table in stored_shapes
+        and table in expected_shapes
+        and stored_shapes[table][0] < expected_shapes[table][0]
+    ):
+        old_rows, new_rows = stored_shapes[table][0], expected_shapes[table][0]
+        if not extend_positions:
+            raise PretrainedMismatchError(
+                f"The pre-trained learned position table has {old_rows} "
+                f"positions but this model has max_position_embeddings="
+                f"{new_rows}. Learned absolute positions cannot represent "
+                f"positions at or past {old_rows}; set "
+                "--config.finetune.extend_position_embeddings=True to tile the "
+                "table, or use data.seq_len and model.max_position_embeddings "
+                f"of at most {old_rows}."
+            )
+        logger.info(
+            "Extending the learned position table from %d to %d rows by tiling.",
+            old_rows,
+            new_rows,
+        )
+        embeddings = stored["embeddings"]["position"]["table"]
+        embeddings["embedding"] = _extend_table(embeddings["embedding"], new_rows)
+        stored_shapes[table] = (new_rows, stored_shapes[table][1])
+    differences = _describe_differences(stored_shapes, expected_shapes)
+    if differences:
+        raise PretrainedMismatchError(
+            f"The encoder in checkpoint {step} of {directory} does not fit this "
+            "model:\n  "
+            + "\n  ".join(differences)
+            + "\nUse the pre-training run's model.* settings (and its tokenizer, "
+            "which fixes the vocabulary size) for fine-tuning."
+        )
+    shardings = layout.shardings.params[ENCODER]
+    encoder = jax.tree.map(
+        lambda value, reference, sharding: jax.device_put(
+            jnp.asarray(value, dtype=reference.dtype), sharding
+        ),
+        stored,
+        expected,
+        shardings,
+    )
+    logger.info(
+        "Initialised the encoder from checkpoint %d of %s; the task head is new.",
+        step,
+        directory,
+    )
+    return state.replace(params={**state.params, ENCODER: encoder})

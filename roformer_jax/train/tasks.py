@@ -1,0 +1,161 @@
+"""What each training task puts on top of the shared trainer: the model, the
+forward pass on a batch, the loss, and the evaluation metrics.
+
+Batches are dicts of arrays whose leading axis is the batch:
+
+- Language models (`causal_lm`, `masked_lm`): `inputs`, `positions`,
+  `segment_ids` `[B, T]`, and `targets`, `weights` `[B, T]`, or `[B, P]`
+  with `prediction_positions` `[B, P]` when only P positions are predicted.
+- Classification and regression: `inputs`, `positions`, `segment_ids`,
+  `token_types` `[B, T]` (`[B, C, T]` for multiple choice), `labels` `[B]`
+  (int32 class, or float32 target for regression) and `weights` `[B]`, which
+  is 0 on the rows that pad the last evaluation batch.
+"""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from roformer_jax import metrics as metrics_lib
+from roformer_jax.model_config import ModelConfig
+from roformer_jax.models import LanguageModel, MultipleChoice, SequenceClassifier
+
+Batch = dict[str, jax.Array]
+
+
+def weighted_cross_entropy(logits, targets, weights):
+    """Return the summed loss, correct count and weight of a batch."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(losses * weights),
+        "correct_sum": jnp.sum(correct * weights),
+        "weight_sum": jnp.sum(weights),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class LanguageModelTask:
+    """Next-token (causal) or masked-token prediction with the tied LM head."""
+
+    name: str  # causal_lm or masked_lm
+
+    def build_model(self, model_config: ModelConfig) -> nn.Module:
+        return LanguageModel(model_config)
+
+    def forward(self, model, params, batch: Batch, *, deterministic, rngs=None):
+        return model.apply(
+            {"params": params},
+            batch["inputs"],
+            batch["positions"],
+            batch["segment_ids"],
+            batch.get("token_types"),
+            batch.get("prediction_positions"),
+            deterministic=deterministic,
+            rngs=rngs,
+        )
+
+    def loss_sums(self, outputs, batch: Batch) -> dict:
+        return weighted_cross_entropy(outputs, batch["targets"], batch["weights"])
+
+    def eval_outputs(self, outputs, batch: Batch) -> dict:
+        return self.loss_sums(outputs, batch)
+
+    def summarize(self, collected: dict) -> dict[str, float]:
+        """Turn the summed evaluation outputs into metrics."""
+        weight = max(collected["weight_sum"], 1.0)
+        loss = collected["loss_sum"] / weight
+        result = {
+            "eval/loss": loss,
+            "eval/accuracy": collected["correct_sum"] / weight,
+            "eval/perplexity": math.exp(min(loss, 50.0)),
+        }
+        if self.name == "causal_lm":
+            result["eval/bits_per_character"] = loss / math.log(2.0)
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationTask:
+    """Sequence classification, regression (`num_classes` 0) or multiple choice.
+
+    `metric_names` are names in `roformer_jax.metrics.METRICS`, computed over
+    the whole evaluation split from the predictions.
+    """
+
+    num_classes: int
+    metric_names: tuple[str, ...]
+    multiple_choice: bool = False
+    name: str = "classification"
+
+    @property
+    def regression(self) -> bool:
+        return self.num_classes == 0
+
+    def build_model(self, model_config: ModelConfig) -> nn.Module:
+        if self.multiple_choice:
+            return MultipleChoice(model_config)
+        return SequenceClassifier(model_config, num_outputs=max(self.num_classes, 1))
+
+    def forward(self, model, params, batch: Batch, *, deterministic, rngs=None):
+        outputs = model.apply(
+            {"params": params},
+            batch["inputs"],
+            batch["positions"],
+            batch["segment_ids"],
+            batch.get("token_types"),
+            deterministic=deterministic,
+            rngs=rngs,
+        )
+        return outputs[:, 0] if self.regression else outputs
+
+    def loss_sums(self, outputs, batch: Batch) -> dict:
+        weights = batch["weights"]
+        if self.regression:
+            errors = jnp.square(outputs - batch["labels"])
+            return {
+                "loss_sum": jnp.sum(errors * weights),
+                "weight_sum": jnp.sum(weights),
+            }
+        return weighted_cross_entropy(outputs, batch["labels"], weights)
+
+    def eval_outputs(self, outputs, batch: Batch) -> dict:
+        sums = self.loss_sums(outputs, batch)
+        predictions = outputs if self.regression else jnp.argmax(outputs, axis=-1)
+        return {
+            **sums,
+            "predictions": predictions,
+            "labels": batch["labels"],
+            "weights": batch["weights"],
+        }
+
+    def summarize(self, collected: dict) -> dict[str, float]:
+        keep = collected["weights"] > 0
+        predictions = collected["predictions"][keep]
+        labels = collected["labels"][keep]
+        result = {
+            "eval/loss": collected["loss_sum"] / max(collected["weight_sum"], 1.0),
+            "eval/examples": float(keep.sum()),
+        }
+        for name, value in metrics_lib.compute_metrics(
+            self.metric_names, predictions, labels
+        ).items():
+            result[f"eval/{name}"] = value
+        return result
+
+
+def collect_eval_outputs(outputs: list[dict]) -> dict:
+    """Sum the `*_sum` entries of per-batch outputs; concatenate the rest."""
+    collected: dict = {}
+    for key in outputs[0]:
+        values = [np.asarray(output[key]) for output in outputs]
+        if key.endswith("_sum"):
+            collected[key] = float(np.sum(values))
+        else:
+            collected[key] = np.concatenate(values)
+    return collected
