@@ -17,13 +17,13 @@ CAIL2019-SCM documents and fine-tunes the triplet matching task at 512 and
 
 import ml_collections
 
-GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte", "wnli")
+GLUE_TASKS = ("sst2", "cola", "mrpc", "stsb", "rte", "wnli")
 
 
 def _glue(config: ml_collections.ConfigDict) -> None:
     config.pretrain_arg = "corpus=wikipedia"
     config.pretrain_overrides = {
-        "train": {"num_train_steps": 1200, "eval_every_steps": 400},
+        "train": {"num_train_steps": 800, "eval_every_steps": 400},
     }
     config.runs = {
         task: {"arg": f"task=glue/{task}", "overrides": {}} for task in GLUE_TASKS
@@ -36,7 +36,7 @@ def _cail(config: ml_collections.ConfigDict) -> None:
     # fine-tunes at 1,024.
     config.pretrain_overrides = {
         "data": {"seq_len": 512, "global_batch_size": 8},
-        "train": {"num_train_steps": 600, "eval_every_steps": 300},
+        "train": {"num_train_steps": 200, "eval_every_steps": 100},
     }
     config.runs = {
         "cail_512": {"arg": "task=cail2019_scm,seq_len=512", "overrides": {}},

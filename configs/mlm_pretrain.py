@@ -27,10 +27,10 @@ from configs import tiny_shakespeare
 
 SIZES = {
     "small": dict(
-        hidden_size=256,
+        hidden_size=128,
         num_layers=4,
         num_heads=4,
-        mlp_dim=1024,
+        mlp_dim=512,
         max_position_embeddings=512,
     ),
     "bert_base": dict(

@@ -232,10 +232,10 @@ def _main(argv) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
-    from roformer_jax.main import _drop_absl_info
-
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_drop_absl_info)
+        handler.addFilter(
+            lambda record: record.name != "absl" or record.levelno >= logging.WARNING
+        )
     start = time.perf_counter()
     results = run_suite(FLAGS.config, FLAGS.root)
     write_report(results, FLAGS.config, FLAGS.root)

@@ -12,14 +12,28 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from roformer_jax.data.corpora import CorpusError
+from roformer_jax.data.text_classification import DataFileError
 from roformer_jax.data.tiny_shakespeare import DatasetUnavailableError
+from roformer_jax.data.tokenizers import TokenizerError
 from roformer_jax.train.checkpoint import CheckpointMismatchError
+from roformer_jax.train.pretrained import PretrainedMismatchError
+from roformer_jax.train.text_inputs import DataConfigError
 from roformer_jax.train.trainer import train_and_evaluate
 from roformer_jax.train.validation import ConfigError
 
 # Errors in what the user supplied; their messages name the value and the fix,
 # so the command prints the message alone, without a traceback.
-USER_INPUT_ERRORS = (ConfigError, DatasetUnavailableError, CheckpointMismatchError)
+USER_INPUT_ERRORS = (
+    ConfigError,
+    DatasetUnavailableError,
+    CheckpointMismatchError,
+    CorpusError,
+    DataConfigError,
+    DataFileError,
+    PretrainedMismatchError,
+    TokenizerError,
+)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -29,7 +43,7 @@ config_flags.DEFINE_config_file(
     lock_config=True,
 )
 flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, metrics and the vocabulary."
+    "workdir", None, "Directory for checkpoints, metrics and the tokenizer."
 )
 flags.mark_flags_as_required(["config", "workdir"])
 

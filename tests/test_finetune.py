@@ -437,3 +437,98 @@ def test_cail_matching_trains_longer_than_pretraining(tmp_path):
     assert metrics["eval/examples"] == pytest.approx(100)
     saved = json.loads((tmp_path / "cail" / "config.json").read_text("utf-8"))
     assert saved["data"]["seq_len"] == 64
+
+
+# User-supplied files and tokenizer handling.
+
+
+def write_reviews(path, rows):
+    lines = ["text\tlabel"] + [f"{text}\t{label}" for text, label in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+REVIEWS = [
+    ("这部电影非常好看，演员很棒。 A great film.", "pos"),
+    ("剧情无聊，浪费时间。 Boring and slow.", "neg"),
+    ("I loved every minute of it, 真好!", "pos"),
+    ("太差了，不推荐。 Not recommended.", "neg"),
+] * 6
+
+
+def text_file_config(tmp_path, train_rows, **data):
+    write_reviews(tmp_path / "train.tsv", train_rows)
+    write_reviews(tmp_path / "dev.tsv", REVIEWS[:8])
+    config = smoke_finetune_config(tmp_path, "text_file")
+    with config.unlocked():
+        config.tokenizer.kind = "chinese_char"
+        config.tokenizer.vocab_size = 200
+        config.tokenizer.min_frequency = 1
+        config.data.corpus_path = str(tmp_path / "train.tsv")
+        config.data.validation_path = str(tmp_path / "dev.tsv")
+        config.data.update(data)
+    return config
+
+
+def test_text_file_classifier_trains_from_scratch(tmp_path):
+    config = text_file_config(tmp_path, REVIEWS)
+    metrics = train_and_evaluate(config, str(tmp_path / "run"))
+    assert metrics["eval/examples"] == 8
+    assert 0.0 <= metrics["eval/f1"] <= 1.0
+    vocab = (tmp_path / "run" / "tokenizer" / "vocab.txt").read_text("utf-8")
+    assert "电" in vocab.split("\n")
+
+
+def test_text_file_bad_row_fails_before_training(tmp_path):
+    from roformer_jax.data.text_classification import DataFileError
+
+    config = text_file_config(tmp_path, REVIEWS[:3] + [("", "pos")] + REVIEWS[3:])
+    with pytest.raises(DataFileError, match=r"train\.tsv.*line 5") as error:
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert "skip_invalid_rows" in str(error.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_text_file_skips_bad_rows_when_asked(tmp_path, caplog):
+    config = text_file_config(
+        tmp_path, REVIEWS[:3] + [("", "pos")] + REVIEWS[3:], skip_invalid_rows=True
+    )
+    with caplog.at_level("WARNING"):
+        metrics = train_and_evaluate(config, str(tmp_path / "run"))
+    assert np.isfinite(metrics["eval/loss"])
+    skipped = [r.getMessage() for r in caplog.records if "Skipped" in r.getMessage()]
+    assert len(skipped) == 1
+    assert skipped[0].startswith("Skipped 1 invalid rows")
+    assert "train.tsv" in skipped[0]
+
+
+def test_resumed_run_keeps_stored_tokenizer(tmp_path):
+    config = smoke_pretrain_config(tmp_path, corpus="cail2019_scm")
+    train_and_evaluate(config, str(tmp_path))
+    first = (tmp_path / "tokenizer" / "vocab.txt").read_text("utf-8")
+    with config.unlocked():
+        config.tokenizer.vocab_size = 300
+        config.train.num_train_steps = 6
+    train_and_evaluate(config, str(tmp_path))
+    assert (tmp_path / "tokenizer" / "vocab.txt").read_text("utf-8") == first
+
+
+def test_whole_word_masking_with_jieba_words(tmp_path):
+    config = smoke_pretrain_config(tmp_path, corpus="cail2019_scm")
+    with config.unlocked():
+        config.tokenizer.kind = "chinese_word"
+        config.tokenizer.vocab_size = 1500
+        config.data.whole_word_masking = True
+    metrics = train_and_evaluate(config, str(tmp_path))
+    assert np.isfinite(metrics["eval/loss"])
+    vocab = (tmp_path / "tokenizer" / "vocab.txt").read_text("utf-8").split("\n")
+    assert any(len(token) >= 2 and not token.startswith(("[", "##")) for token in vocab)
+
+
+def test_pretraining_reads_existing_vocab_file(pretrained_wiki, tmp_path):
+    workdir, _ = pretrained_wiki
+    config = smoke_pretrain_config(tmp_path)
+    with config.unlocked():
+        config.tokenizer.vocab_file = str(workdir / "tokenizer" / "vocab.txt")
+    train_and_evaluate(config, str(tmp_path / "run"))
+    copied = (tmp_path / "run" / "tokenizer" / "vocab.txt").read_text("utf-8")
+    assert copied == (workdir / "tokenizer" / "vocab.txt").read_text("utf-8")
