@@ -33,6 +33,11 @@ class ModelConfig:
     attention_dropout_rate: float = 0.1
     initializer_range: float = 0.02
     dtype: str = "float32"  # Compute dtype; parameters stay float32.
+    attention: str = "softmax"  # softmax, or linear (kernelised, O(T) memory).
+    linear_feature_map: str = "favor"  # linear: favor (FAVOR+) or elu (elu + 1).
+    favor_num_features: int = 128  # favor: random features M per head.
+    favor_redraw_steps: int = 1000  # favor: redraw every N train steps; 0 never.
+    linear_chunk_size: int = 128  # linear, causal: tokens per prefix-sum chunk.
 
     # Options of particular position encodings; others ignore them.
     relative_num_buckets: int = (

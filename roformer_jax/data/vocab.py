@@ -172,3 +172,25 @@ def _code_points(text: str) -> np.ndarray:
     # surrogates (possible in a Python str) instead of raising.
     data = text.encode("utf-32-le", errors="surrogatepass")
     return np.frombuffer(data, dtype="<u4").astype(np.uint32)
+
+
+class ByteVocab:
+    """The 256 byte values as ids 0..255, for byte-level corpora such as
+    enwik8. Text encodes as its UTF-8 bytes; decoding replaces byte
+    sequences that are not valid UTF-8 with U+FFFD."""
+
+    size = 256
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ByteVocab)
+
+    def __hash__(self) -> int:
+        return hash(ByteVocab)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+    def decode(self, ids: Iterable[int] | np.ndarray) -> str:
+        return bytes(np.asarray(list(ids), dtype=np.uint8)).decode(
+            "utf-8", errors="replace"
+        )

@@ -6,12 +6,16 @@ Parameters carry logical sharding axes (`vocab`, `embed`, `heads`, `kv`,
 `mlp`); `roformer_jax.train.mesh` maps them to mesh axes.
 """
 
+import functools
+import zlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from roformer_jax import positions as position_encodings
-from roformer_jax.attention import masks, softmax
+from roformer_jax import rotary
+from roformer_jax.attention import linear, masks, softmax
 from roformer_jax.model_config import ModelConfig
 
 Array = jax.Array
@@ -93,8 +97,59 @@ class Embeddings(nn.Module):
         return x.astype(config.dtype)
 
 
+# Position encodings that linear attention can use: those that only add
+# embeddings to the input, and RoPE, which rotates the feature maps. The
+# others add a bias to, or need, the T x S logits that linear attention
+# never forms.
+LINEAR_ATTENTION_ENCODINGS = ("none", "learned", "sinusoidal", "rope")
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with the configured position encoding."""
+
+    def _favor_key(self) -> jax.Array:
+        """The key of this layer's FAVOR+ projection.
+
+        Training passes a `favor` key per redraw period. Without one
+        (evaluation, inference) each layer uses a fixed key from its path.
+        """
+        if self.has_rng("favor"):
+            return self.make_rng("favor")
+        path = "/".join(str(name) for name in self.scope.path)
+        return jax.random.PRNGKey(zlib.crc32(path.encode("utf-8")))
+
+    def _linear_attention(self, q, k, v, positions, mask):
+        config = self.config
+        # A key is visible to some query exactly when it is not padding.
+        key_mask = None if mask is None else jnp.any(mask, axis=(1, 2))
+        if config.linear_feature_map == "elu":
+            q_features, k_features = (
+                linear.elu_feature_map(q),
+                linear.elu_feature_map(k),
+            )
+        else:
+            projection = linear.favor_projection(
+                self._favor_key(), config.favor_num_features, config.head_dim
+            )
+            q_features, k_features = linear.favor_features(q, k, projection)
+        rotate = None
+        if config.position_encoding == "rope":
+            rotate = functools.partial(
+                rotary.apply_rotary,
+                base=config.rotary_base,
+                layout=config.rotary_layout,
+            )
+        return linear.linear_attention(
+            q_features,
+            k_features,
+            v,
+            causal=config.causal,
+            key_mask=key_mask,
+            rotate=rotate,
+            q_positions=positions,
+            k_positions=positions,
+            chunk_size=config.linear_chunk_size,
+        )
 
     config: ModelConfig
 
@@ -115,6 +170,9 @@ class SelfAttention(nn.Module):
             )(x)  # [B, T, D] -> [B, T, N, H]
 
         q, k, v = project("query"), project("key"), project("value")
+        if config.attention == "linear":
+            out = self._linear_attention(q, k, v, positions, mask)
+            return self._output(out)
         encoding = position_encodings.get(config.position_encoding)
         position = encoding(config, name="position")
         q, k, v, bias = position.transform(q, k, v, positions, positions)
@@ -135,6 +193,10 @@ class SelfAttention(nn.Module):
             offsets = position.value_offsets(weights, positions, positions)
             if offsets is not None:
                 out = out + offsets.astype(out.dtype)
+        return self._output(out)
+
+    def _output(self, out):
+        config = self.config
         return nn.DenseGeneral(
             config.hidden_size,
             axis=(-2, -1),

@@ -7,15 +7,15 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from roformer_jax.data import tiny_shakespeare
-from roformer_jax.data.vocab import CharVocab
+from roformer_jax.data import enwik8, tiny_shakespeare
+from roformer_jax.data.vocab import ByteVocab, CharVocab
 from roformer_jax.data.windows import RandomWindows, eval_batches
 from roformer_jax.train import tasks, text_inputs
 
 logger = logging.getLogger(__name__)
 
 VOCAB_FILENAME = "vocab.json"
-DATASETS = ("tiny_shakespeare",)
+DATASETS = ("tiny_shakespeare", "enwik8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,7 @@ class TaskData:
 class LanguageModelData:
     """Encoded splits of a character-level corpus and its vocabulary."""
 
-    vocab: CharVocab
+    vocab: CharVocab | ByteVocab
     train: RandomWindows
     validation_tokens: np.ndarray
 
@@ -74,24 +74,34 @@ def load_language_model_data(config, workdir: str) -> LanguageModelData:
         raise ValueError(
             f"data.dataset={data.dataset!r} is unknown; valid names are {list(DATASETS)}."
         )
-    splits = tiny_shakespeare.load_text_splits(
-        data_dir=data.data_dir, manual_dir=data.manual_dir
-    )
-    vocab = _load_or_store_vocab(workdir, splits["train"])
+    if data.dataset == "enwik8":
+        byte_splits = enwik8.load_byte_splits(
+            data_dir=data.data_dir,
+            manual_dir=data.manual_dir,
+            source_file=data.get("source_file"),
+        )
+        vocab = ByteVocab()
+        tokens = {name: split.astype(np.int32) for name, split in byte_splits.items()}
+    else:
+        splits = tiny_shakespeare.load_text_splits(
+            data_dir=data.data_dir, manual_dir=data.manual_dir
+        )
+        vocab = _load_or_store_vocab(workdir, splits["train"])
+        tokens = {name: vocab.encode(text) for name, text in splits.items()}
     logger.info(
-        "Loaded %s: %s characters; vocabulary of %d.",
+        "Loaded %s: %s tokens; vocabulary of %d.",
         data.dataset,
-        {name: len(text) for name, text in splits.items()},
+        {name: len(split) for name, split in tokens.items()},
         vocab.size,
     )
     train = RandomWindows(
-        vocab.encode(splits["train"]),
+        tokens["train"],
         seq_len=data.seq_len,
         batch_size=data.global_batch_size,
         seed=config.seed,
     )
     return LanguageModelData(
-        vocab=vocab, train=train, validation_tokens=vocab.encode(splits["validation"])
+        vocab=vocab, train=train, validation_tokens=tokens["validation"]
     )
 
 
@@ -101,7 +111,9 @@ def load_task_data(config, workdir: str) -> TaskData:
     if config.task == "causal_lm":
         char_data = load_language_model_data(config, workdir)
         return TaskData(
-            task=tasks.LanguageModelTask("causal_lm"),
+            task=tasks.LanguageModelTask(
+                "causal_lm", unit="byte" if data.dataset == "enwik8" else "character"
+            ),
             train=char_data.train,
             eval_batches=lambda: eval_batches(
                 char_data.validation_tokens,

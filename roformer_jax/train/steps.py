@@ -39,17 +39,28 @@ def make_steps(
     """Jit the steps with explicit shardings; the train step donates its state.
 
     The dropout key of step s is `fold_in(PRNGKey(dropout_seed), s)`, so a
-    resumed run draws the same masks as an uninterrupted one.
+    resumed run draws the same masks as an uninterrupted one. Models with
+    FAVOR+ linear attention and `favor_redraw_steps` > 0 also get a `favor`
+    key that changes every `favor_redraw_steps` steps; evaluation passes none,
+    so it uses each layer's fixed projection.
     """
     base_key = jax.random.PRNGKey(dropout_seed)
+    favor_key = jax.random.fold_in(base_key, 2**31 - 1)
+    model_config = getattr(model, "config", None)
+    redraw_steps = 0
+    if (
+        getattr(model_config, "attention", "softmax") == "linear"
+        and model_config.linear_feature_map == "favor"
+    ):
+        redraw_steps = model_config.favor_redraw_steps
 
     def train_step(state: TrainState, batch: Batch):
-        dropout_key = jax.random.fold_in(base_key, state.step)
+        rngs = {"dropout": jax.random.fold_in(base_key, state.step)}
+        if redraw_steps:
+            rngs["favor"] = jax.random.fold_in(favor_key, state.step // redraw_steps)
 
         def loss_fn(params):
-            outputs = task.forward(
-                model, params, batch, deterministic=False, rngs={"dropout": dropout_key}
-            )
+            outputs = task.forward(model, params, batch, deterministic=False, rngs=rngs)
             sums = task.loss_sums(outputs, batch)
             return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
 

@@ -44,6 +44,7 @@ class LanguageModelTask:
     """Next-token (causal) or masked-token prediction with the tied LM head."""
 
     name: str  # causal_lm or masked_lm
+    unit: str = "character"  # What a causal LM token is: character or byte.
 
     def build_model(self, model_config: ModelConfig) -> nn.Module:
         return LanguageModel(model_config)
@@ -76,7 +77,7 @@ class LanguageModelTask:
             "eval/perplexity": math.exp(min(loss, 50.0)),
         }
         if self.name == "causal_lm":
-            result["eval/bits_per_character"] = loss / math.log(2.0)
+            result[f"eval/bits_per_{self.unit}"] = loss / math.log(2.0)
         return result
 
 

@@ -140,7 +140,8 @@ def setup(config, workdir: str) -> Run:
         mesh,
         dropout_seed=config.seed + 1,
     )
-    tokens_per_step = int(data.train.batch(0)["inputs"].size)
+    sample = data.train.batch(0)
+    tokens_per_step = int(sample["inputs"].size)
     flops = perf.model_flops_per_step(
         num_params=num_params,
         num_layers=model_config.num_layers,
@@ -148,6 +149,11 @@ def setup(config, workdir: str) -> Run:
         seq_len=config.data.seq_len,
         batch_size=tokens_per_step // config.data.seq_len,
     )
+    if "prediction_positions" in sample:
+        # The tied output projection (6 V E FLOPs per token in 6 N) only
+        # runs at the gathered positions.
+        skipped = tokens_per_step - sample["prediction_positions"].size
+        flops -= 6.0 * model_config.vocab_size * model_config.embedding_dim * skipped
     return Run(
         config=config,
         workdir=workdir,

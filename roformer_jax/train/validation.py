@@ -4,6 +4,7 @@ import math
 
 from roformer_jax import positions as position_encodings
 from roformer_jax.model_config import ModelConfig
+from roformer_jax.models.layers import LINEAR_ATTENTION_ENCODINGS
 from roformer_jax.positions.rope import validate_rope_options
 from roformer_jax.train import mesh as mesh_lib
 
@@ -42,6 +43,52 @@ def _check_mesh_and_batch(config, device_count: int) -> None:
             )
 
 
+def _check_attention(model: ModelConfig) -> None:
+    if model.attention not in ("softmax", "linear"):
+        raise ConfigError(
+            f"model.attention={model.attention!r} is invalid; use 'softmax' or "
+            "'linear'."
+        )
+    if model.attention == "softmax":
+        return
+    if model.position_encoding not in LINEAR_ATTENTION_ENCODINGS:
+        raise ConfigError(
+            f"model.attention='linear' with model.position_encoding="
+            f"{model.position_encoding!r}: this encoding changes the attention "
+            "logits, which linear attention never forms. Use one of "
+            f"{list(LINEAR_ATTENTION_ENCODINGS)}, or model.attention='softmax'."
+        )
+    if model.rope_scaling != "none":
+        raise ConfigError(
+            f"model.rope_scaling={model.rope_scaling!r} is not supported with "
+            "model.attention='linear'; set it to 'none'."
+        )
+    if model.linear_feature_map not in ("favor", "elu"):
+        raise ConfigError(
+            f"model.linear_feature_map={model.linear_feature_map!r} is invalid; "
+            "use 'favor' or 'elu'."
+        )
+    if model.linear_feature_map == "favor":
+        _check_positive("model.favor_num_features", model.favor_num_features)
+        if model.position_encoding == "rope" and model.favor_num_features % 2:
+            raise ConfigError(
+                f"model.favor_num_features={model.favor_num_features} is odd, but "
+                "RoPE rotates the features in pairs; use an even number."
+            )
+        if model.favor_redraw_steps < 0:
+            raise ConfigError(
+                f"model.favor_redraw_steps={model.favor_redraw_steps} is invalid; "
+                "use 0 (never redraw) or a positive number of steps."
+            )
+    elif model.position_encoding == "rope" and model.head_dim % 2:
+        raise ConfigError(
+            f"The head dim {model.head_dim} is odd, but RoPE rotates the elu "
+            "features in pairs; choose model.hidden_size and model.num_heads "
+            "with an even quotient."
+        )
+    _check_positive("model.linear_chunk_size", model.linear_chunk_size)
+
+
 def _check_model(config, model: ModelConfig) -> None:
     names = position_encodings.registered_names()
     if model.position_encoding not in names:
@@ -58,6 +105,7 @@ def _check_model(config, model: ModelConfig) -> None:
         raise ConfigError(
             f"model.dtype={model.dtype!r} is invalid; use one of {VALID_DTYPES}."
         )
+    _check_attention(model)
     try:
         validate_rope_options(model)
     except ValueError as error:
