@@ -134,3 +134,31 @@ def test_enwik8_comparison_runner(tmp_path):
     assert table.count("\n") == 2 + len(experiment.VARIANTS)
     experiment.plot_curves(results, str(tmp_path / "curves.png"))
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_paper_performer_config_shapes():
+    """The 12-layer, 768-wide byte-level Performer plans its state on the
+    8-device mesh without allocating it."""
+    from roformer_jax.train import mesh as mesh_lib
+    from roformer_jax.train.optimizer import make_optimizer
+    from roformer_jax.train.state import parameter_count, plan_state
+
+    config = enwik8_config.get_config("size=paper")
+    with config.unlocked():
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+    model_config = validate_config(config, device_count=8, vocab_size=256)
+    assert model_config.attention == "linear"
+    model = LanguageModel(model_config)
+    tx, _ = make_optimizer(config.optim, 10)
+    layout = plan_state(
+        model,
+        tx,
+        jax.random.PRNGKey(0),
+        mesh_lib.make_mesh(config.mesh),
+        mesh_lib.axis_rules(config.mesh),
+        seq_len=config.data.seq_len,
+    )
+    # 12 layers of 4 * 768^2 + 2 * 768 * 3072 weights, plus biases and norms.
+    expected = 12 * (4 * 768 * 768 + 2 * 768 * 3072)
+    count = parameter_count(layout.abstract.params)
+    assert expected < count < expected * 1.02
