@@ -497,7 +497,7 @@ def test_text_file_skips_bad_rows_when_asked(tmp_path, caplog):
     assert np.isfinite(metrics["eval/loss"])
     skipped = [r.getMessage() for r in caplog.records if "Skipped" in r.getMessage()]
     assert len(skipped) == 1
-    assert skipped[0].startswith("Skipped 1 invalid rows")
+    assert skipped[0].startswith("Skipped 1 invalid row in")
     assert "train.tsv" in skipped[0]
 
 
@@ -532,3 +532,24 @@ def test_pretraining_reads_existing_vocab_file(pretrained_wiki, tmp_path):
     train_and_evaluate(config, str(tmp_path / "run"))
     copied = (tmp_path / "run" / "tokenizer" / "vocab.txt").read_text("utf-8")
     assert copied == (workdir / "tokenizer" / "vocab.txt").read_text("utf-8")
+
+
+def test_mismatch_error_lists_model_fields(pretrained_wiki, tmp_path):
+    workdir, _ = pretrained_wiki
+    config = smoke_finetune_config(
+        tmp_path, "glue/sst2", init_workdir=str(workdir), num_layers=3
+    )
+    with pytest.raises(PretrainedMismatchError) as error:
+        setup(config, str(tmp_path / "other"))
+    assert "model.num_layers: pre-training 2, this run 3" in str(error.value)
+
+
+def test_english_tokenizer_on_chinese_text_warns(pretrained_wiki, tmp_path, caplog):
+    workdir, _ = pretrained_wiki
+    config = smoke_finetune_config(tmp_path, "cail2019_scm", init_workdir=str(workdir))
+    with caplog.at_level("WARNING"):
+        run = setup(config, str(tmp_path / "cail"))
+    run.checkpointer.close()
+    warnings = [r.getMessage() for r in caplog.records if "[UNK]" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "corpus=cail2019_scm" in warnings[0]

@@ -179,8 +179,9 @@ class _InvalidRows:
         if len(self.lines) > _MAX_LOGGED_LINES:
             listed_lines += ", ..."
         logger.warning(
-            "Skipped %d invalid rows in %s (lines %s). First error at %s",
+            "Skipped %d invalid %s in %s (lines %s). First error at %s",
             len(self.lines),
+            "row" if len(self.lines) == 1 else "rows",
             self.path,
             listed_lines,
             self.first_problem,

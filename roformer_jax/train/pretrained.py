@@ -5,6 +5,7 @@ checkpoint; the task head keeps its fresh initialisation and the optimizer
 starts from zero.
 """
 
+import json
 import logging
 import os
 
@@ -72,12 +73,35 @@ def _extend_table(table: np.ndarray, rows: int) -> np.ndarray:
     return np.tile(table, (repeats, 1))[:rows]
 
 
+def _model_field_differences(init_workdir: str, model_fields: dict | None) -> str:
+    """Describe how `model.*` differs from the pre-training run's config.json."""
+    path = os.path.join(init_workdir, "config.json")
+    if model_fields is None or not os.path.exists(path):
+        return ""
+    try:
+        with open(path, encoding="utf-8") as file:
+            stored = json.load(file).get("model", {})
+    except (OSError, ValueError):
+        return ""
+    changed = [
+        f"model.{name}: pre-training {stored[name]!r}, this run {value!r}"
+        for name, value in sorted(model_fields.items())
+        if name in stored and stored[name] != value
+    ]
+    if not changed:
+        return ""
+    return "\nModel settings that differ from the pre-training run:\n  " + "\n  ".join(
+        changed
+    )
+
+
 def load_encoder(
     state: TrainState,
     layout: StateLayout,
     init_workdir: str,
     *,
     extend_positions: bool,
+    model_fields: dict | None = None,
 ) -> TrainState:
     """Replace the encoder parameters of a fresh state with pre-trained ones.
 
@@ -130,6 +154,7 @@ def load_encoder(
             f"The encoder in checkpoint {step} of {directory} does not fit this "
             "model:\n  "
             + "\n  ".join(differences)
+            + _model_field_differences(init_workdir, model_fields)
             + "\nUse the pre-training run's model.* settings (and its tokenizer, "
             "which fixes the vocabulary size) for fine-tuning."
         )

@@ -391,6 +391,23 @@ def read_classification_examples(config):
     )
 
 
+UNKNOWN_TOKEN_WARNING_FRACTION = 0.05
+
+
+def _warn_unknown_tokens(tokenizer: Tokenizer, examples: EncodedExamples) -> None:
+    """Warn when the tokenizer maps much of the task's text to [UNK], as an
+    English vocabulary does with Chinese text."""
+    real = examples.tokens[examples.tokens != tokenizer.pad_id]
+    fraction = float(np.mean(real == tokenizer.unk_id)) if real.size else 0.0
+    if fraction > UNKNOWN_TOKEN_WARNING_FRACTION:
+        logger.warning(
+            "%.0f%% of the training tokens are [UNK]: the tokenizer does not fit "
+            "this text. Pre-train on a corpus in the task's language (for "
+            "Chinese, corpus=cail2019_scm) and fine-tune from that run.",
+            100 * fraction,
+        )
+
+
 def load_classification_data(config, workdir: str):
     """Read, tokenize and batch a classification, regression or matching task."""
     data = config.data
@@ -415,6 +432,7 @@ def load_classification_data(config, workdir: str):
             )
             for examples in (train_examples, validation_examples)
         ]
+    _warn_unknown_tokens(tokenizer, encoded[0])
     truncated = float(np.mean(encoded[0].lengths == data.seq_len))
     logger.info(
         "%s: %d training and %d validation examples; %.1f%% of training "

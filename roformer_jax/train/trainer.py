@@ -127,6 +127,7 @@ def setup(config, workdir: str) -> Run:
             layout,
             config.finetune.init_workdir,
             extend_positions=config.finetune.extend_position_embeddings,
+            model_fields=dict(config.model),
         )
     logger.info(
         "Parameters (%s):\n%s", f"{num_params:,}", parameter_table(state.params)
@@ -259,7 +260,7 @@ def _evaluate_and_log(run: Run, step: int) -> dict[str, float]:
         "eval at step %d: %s",
         step,
         "  ".join(
-            f"{name.removeprefix('eval/')} {value:.4f}"
+            f"{name.removeprefix('eval/')} {value:.4g}"
             for name, value in metrics.items()
             if name.startswith("eval/")
         ),

@@ -116,7 +116,9 @@ def _check_model(config, model: ModelConfig) -> None:
             f"data.seq_len={config.data.seq_len} exceeds "
             f"model.max_position_embeddings={max_length} of the "
             f"{model.position_encoding!r} position encoding; raise "
-            "model.max_position_embeddings or shorten data.seq_len."
+            "model.max_position_embeddings or shorten data.seq_len. When "
+            "fine-tuning from a run with a shorter table, also set "
+            "finetune.extend_position_embeddings=True to tile it."
         )
 
 
