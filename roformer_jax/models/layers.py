@@ -107,6 +107,8 @@ LINEAR_ATTENTION_ENCODINGS = ("none", "learned", "sinusoidal", "rope")
 class SelfAttention(nn.Module):
     """Multi-head self-attention with the configured position encoding."""
 
+    config: ModelConfig
+
     def _favor_key(self) -> jax.Array:
         """The key of this layer's FAVOR+ projection.
 
@@ -121,6 +123,9 @@ class SelfAttention(nn.Module):
     def _linear_attention(self, q, k, v, positions, mask):
         config = self.config
         # A key is visible to some query exactly when it is not padding.
+        # NOTE: only padding is masked. Packed documents (several segment ids
+        # in a row) would attend to each other, and attention dropout is not
+        # applied, because linear attention has no weights to drop.
         key_mask = None if mask is None else jnp.any(mask, axis=(1, 2))
         if config.linear_feature_map == "elu":
             q_features, k_features = (
@@ -150,8 +155,6 @@ class SelfAttention(nn.Module):
             k_positions=positions,
             chunk_size=config.linear_chunk_size,
         )
-
-    config: ModelConfig
 
     @nn.compact
     def __call__(self, x, positions, mask, *, deterministic: bool):
