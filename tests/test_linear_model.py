@@ -113,6 +113,14 @@ def test_linear_rejects_odd_feature_count(tmp_path):
         validate_config(config, device_count=8)
 
 
+def test_linear_rejects_attention_dropout(tmp_path):
+    config = enwik8_smoke(tmp_path)
+    with config.unlocked():
+        config.model.attention_dropout_rate = 0.1
+    with pytest.raises(ConfigError, match="attention_dropout_rate=0.1"):
+        validate_config(config, device_count=8)
+
+
 def test_linear_rejects_unknown_attention(tmp_path):
     config = enwik8_smoke(tmp_path, "attention=flash")
     with pytest.raises(ConfigError, match="model.attention='flash'"):

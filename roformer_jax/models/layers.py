@@ -124,8 +124,7 @@ class SelfAttention(nn.Module):
         config = self.config
         # A key is visible to some query exactly when it is not padding.
         # NOTE: only padding is masked. Packed documents (several segment ids
-        # in a row) would attend to each other, and attention dropout is not
-        # applied, because linear attention has no weights to drop.
+        # in a row) would attend to each other.
         key_mask = None if mask is None else jnp.any(mask, axis=(1, 2))
         if config.linear_feature_map == "elu":
             q_features, k_features = (

@@ -63,6 +63,12 @@ def _check_attention(model: ModelConfig) -> None:
             f"model.rope_scaling={model.rope_scaling!r} is not supported with "
             "model.attention='linear'; set it to 'none'."
         )
+    if model.attention_dropout_rate > 0:
+        raise ConfigError(
+            f"model.attention_dropout_rate={model.attention_dropout_rate} has no "
+            "effect with model.attention='linear', which forms no attention "
+            "weights to drop; set it to 0."
+        )
     if model.linear_feature_map not in ("favor", "elu"):
         raise ConfigError(
             f"model.linear_feature_map={model.linear_feature_map!r} is invalid; "
