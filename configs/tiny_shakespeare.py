@@ -40,6 +40,11 @@ def model_group() -> ml_collections.ConfigDict:
     model.attention_dropout_rate = 0.0  # 0 lets attention use the fused kernel.
     model.initializer_range = 0.02
     model.dtype = "float32"  # Compute dtype; parameters stay float32.
+    model.attention = "softmax"  # softmax, or linear (kernelised, O(T) memory).
+    model.linear_feature_map = "favor"  # linear: favor (FAVOR+) or elu (elu + 1).
+    model.favor_num_features = 128  # favor: random features M per head.
+    model.favor_redraw_steps = 1000  # favor: redraw every N train steps; 0 never.
+    model.linear_chunk_size = 128  # linear, causal: tokens per prefix-sum chunk.
     # Options that only some position encodings read.
     model.relative_num_buckets = (
         32  # t5: total buckets, halved per direction unless causal.

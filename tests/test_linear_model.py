@@ -170,3 +170,20 @@ def test_paper_performer_config_shapes():
     expected = 12 * (4 * 768 * 768 + 2 * 768 * 3072)
     count = parameter_count(layout.abstract.params)
     assert expected < count < expected * 1.02
+
+
+def test_evaluation_uses_the_training_draw(tmp_path):
+    """With redraws every 2 steps, evaluation after steps 1 and 2 uses the
+    draw of period 0 and after step 3 the draw of period 1."""
+    from roformer_jax.train.trainer import _global_batch, setup
+
+    run = setup(enwik8_smoke(tmp_path), str(tmp_path / "run"))
+    batch = _global_batch(next(iter(run.data.eval_batches())), run.mesh)
+    params = run.state.params
+    after = {
+        step: float(run.steps.evaluate(params, batch, jnp.int32(step))["loss_sum"])
+        for step in (1, 2, 3)
+    }
+    run.checkpointer.close()
+    assert after[1] == after[2]
+    assert after[3] != after[1]

@@ -24,7 +24,7 @@ class Steps:
     """The compiled train and eval steps for one mesh."""
 
     train: Callable[[TrainState, Batch], tuple[TrainState, dict]]
-    evaluate: Callable[[object, Batch], dict]
+    evaluate: Callable[[object, Batch, int], dict]  # (params, batch, step)
 
 
 def make_steps(
@@ -41,8 +41,8 @@ def make_steps(
     The dropout key of step s is `fold_in(PRNGKey(dropout_seed), s)`, so a
     resumed run draws the same masks as an uninterrupted one. Models with
     FAVOR+ linear attention and `favor_redraw_steps` > 0 also get a `favor`
-    key that changes every `favor_redraw_steps` steps; evaluation passes none,
-    so it uses each layer's fixed projection.
+    key that changes every `favor_redraw_steps` steps, and evaluation at step
+    s uses the key that training used at s, so both see the same features.
     """
     base_key = jax.random.PRNGKey(dropout_seed)
     favor_key = jax.random.fold_in(base_key, 2**31 - 1)
@@ -55,9 +55,10 @@ def make_steps(
         redraw_steps = model_config.favor_redraw_steps
 
     def train_step(state: TrainState, batch: Batch):
-        rngs = {"dropout": jax.random.fold_in(base_key, state.step)}
-        if redraw_steps:
-            rngs["favor"] = jax.random.fold_in(favor_key, state.step // redraw_steps)
+        rngs = {
+            "dropout": jax.random.fold_in(base_key, state.step),
+            **favor_rngs(state.step),
+        }
 
         def loss_fn(params):
             outputs = task.forward(model, params, batch, deterministic=False, rngs=rngs)
@@ -81,8 +82,15 @@ def make_steps(
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
-    def eval_step(params, batch: Batch):
-        outputs = task.forward(model, params, batch, deterministic=True)
+    def favor_rngs(step) -> dict:
+        if not redraw_steps:
+            return {}
+        return {"favor": jax.random.fold_in(favor_key, step // redraw_steps)}
+
+    def eval_step(params, batch: Batch, step):
+        # Evaluation after step s uses the features of the period s - 1 is in.
+        rngs = favor_rngs(jnp.maximum(step - 1, 0))
+        outputs = task.forward(model, params, batch, deterministic=True, rngs=rngs)
         return task.eval_outputs(outputs, batch)
 
     batch_sharding = mesh_lib.batch_sharding(mesh)
@@ -95,7 +103,7 @@ def make_steps(
     )
     evaluate = jax.jit(
         eval_step,
-        in_shardings=(state_shardings.params, batch_sharding),
+        in_shardings=(state_shardings.params, batch_sharding, replicated),
         out_shardings=replicated,
     )
     return Steps(train=train, evaluate=evaluate)

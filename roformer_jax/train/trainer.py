@@ -199,7 +199,11 @@ def evaluate(run: Run, params) -> dict[str, float]:
         ):
             break
         outputs.append(
-            jax.device_get(run.steps.evaluate(params, _global_batch(batch, run.mesh)))
+            jax.device_get(
+                run.steps.evaluate(
+                    params, _global_batch(batch, run.mesh), run.state.step
+                )
+            )
         )
     if not outputs:
         raise ValueError(
