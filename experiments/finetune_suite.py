@@ -217,11 +217,18 @@ def write_report(results: list[dict], suite, root: str) -> list[dict]:
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Suite config file with ':glue' or ':cail'.", lock_config=True
-)
-flags.DEFINE_string("root", None, "Directory for every run's workdir and the report.")
-flags.mark_flags_as_required(["config", "root"])
+
+
+def define_flags() -> None:
+    """Define the command-line flags. Called only when run as a program,
+    so that importing this module (tests do) defines no absl flags."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Suite config file with ':glue' or ':cail'.", lock_config=True
+    )
+    flags.DEFINE_string(
+        "root", None, "Directory for every run's workdir and the report."
+    )
+    flags.mark_flags_as_required(["config", "root"])
 
 
 def _main(argv) -> None:
@@ -247,4 +254,5 @@ def _main(argv) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(_main)

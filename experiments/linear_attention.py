@@ -126,13 +126,18 @@ def plot_curves(results: list[dict], path: str) -> None:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("root", None, "Directory for the runs and the report.")
-flags.DEFINE_string("manual_dir", None, "Folder with enwik8.zip or the dump.")
-flags.DEFINE_string("source_file", None, "Dump in --manual_dir to use for enwik8.")
-flags.DEFINE_string("data_dir", None, "TFDS data dir; None: the TFDS default.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of each variant.")
-flags.DEFINE_bool("smoke", False, "Seconds-long runs, for tests.")
-flags.mark_flags_as_required(["root"])
+
+
+def define_flags() -> None:
+    """Define the command-line flags. Called only when run as a program,
+    so that importing this module (tests do) defines no absl flags."""
+    flags.DEFINE_string("root", None, "Directory for the runs and the report.")
+    flags.DEFINE_string("manual_dir", None, "Folder with enwik8.zip or the dump.")
+    flags.DEFINE_string("source_file", None, "Dump in --manual_dir to use for enwik8.")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir; None: the TFDS default.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of each variant.")
+    flags.DEFINE_bool("smoke", False, "Seconds-long runs, for tests.")
+    flags.mark_flags_as_required(["root"])
 
 
 def _main(argv) -> None:
@@ -159,4 +164,5 @@ def _main(argv) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(_main)
