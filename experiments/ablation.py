@@ -150,7 +150,7 @@ def _evaluation_points(run, config, label: str) -> list[tuple[str, int, object]]
 def _evaluate_point(run, config, length: int, model_config) -> dict:
     extrapolation = config.extrapolation
     model = type(run.model)(model_config)
-    tokens = run.data.validation_tokens[: extrapolation.max_eval_tokens]
+    tokens = run.data.char_data.validation_tokens[: extrapolation.max_eval_tokens]
     loss = length_eval.loss_by_position(
         model,
         run.state.params,
@@ -160,10 +160,10 @@ def _evaluate_point(run, config, length: int, model_config) -> dict:
     )
     passkey = None
     digits = extrapolation.passkey_digits
-    if length >= length_eval.passkey_min_length(run.data.vocab, digits):
+    if length >= length_eval.passkey_min_length(run.data.char_data.vocab, digits):
         prompts = length_eval.passkey_prompts(
-            run.data.vocab,
-            run.data.vocab.decode(run.data.validation_tokens),
+            run.data.char_data.vocab,
+            run.data.char_data.vocab.decode(run.data.char_data.validation_tokens),
             length=length,
             num_trials=extrapolation.passkey_trials,
             seed=0,
