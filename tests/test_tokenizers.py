@@ -119,27 +119,55 @@ def reference_wordpiece(word, vocab, max_chars=100):
     return pieces
 
 
+def reference_split_special(text):
+    """Return (chunk, is_special) pairs: the special tokens written in `text`
+    (case-sensitive, leftmost first) and the plain text between them."""
+    chunks = []
+    plain_start = 0
+    position = 0
+    while position < len(text):
+        special = next(
+            (token for token in SPECIAL_TOKENS if text.startswith(token, position)),
+            None,
+        )
+        if special is None:
+            position += 1
+            continue
+        chunks.append((text[plain_start:position], False))
+        chunks.append((special, True))
+        position += len(special)
+        plain_start = position
+    chunks.append((text[plain_start:], False))
+    return chunks
+
+
 def reference_tokens(text, vocab, lowercase=True, strip_accents=None, max_chars=100):
     if strip_accents is None:
         strip_accents = lowercase
     tokens = []
-    for word in reference_words(text, lowercase, strip_accents):
-        tokens.extend(reference_wordpiece(word, vocab, max_chars))
+    for chunk, is_special in reference_split_special(text):
+        if is_special:
+            tokens.append(chunk)
+            continue
+        for word in reference_words(chunk, lowercase, strip_accents):
+            tokens.extend(reference_wordpiece(word, vocab, max_chars))
     return tokens
 
 
 def reference_word_tokens(text, vocab, lowercase=True):
     """RoFormer's jieba tokenizer: whole segments if known, else wordpieces."""
-    if lowercase:
-        text = "".join(char.lower() for char in text)
     tokens = []
-    for segment in jieba.cut(text, HMM=False):
-        if segment.strip() == "":
+    for chunk, is_special in reference_split_special(text):
+        if is_special:
+            tokens.append(chunk)
             continue
-        if segment in vocab:
-            tokens.append(segment)
-        else:
-            tokens.extend(reference_tokens(segment, vocab, lowercase))
+        if lowercase:
+            chunk = "".join(char.lower() for char in chunk)
+        for segment in jieba.cut(chunk, HMM=False):
+            if segment in vocab:
+                tokens.append(segment)
+            else:
+                tokens.extend(reference_tokens(segment, vocab, lowercase))
     return tokens
 
 

@@ -20,10 +20,13 @@ import numpy as np
 
 
 def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list, list]:
-    """Drop tokens from the end of the longer text until both fit in budget."""
+    """Drop tokens from the end of the longer text until both fit in budget.
+
+    On a tie the token comes off `b`, as in transformers' "longest_first".
+    """
     a, b = list(a), list(b)
     while len(a) + len(b) > budget:
-        if len(a) >= len(b):
+        if len(a) > len(b):
             a.pop()
         else:
             b.pop()

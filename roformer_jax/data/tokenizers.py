@@ -10,6 +10,13 @@
 - "chinese_word": the word-level tokenizer of the original RoFormer. jieba
   segments the text (`cut(text, HMM=False)`). A segment found in the vocabulary
   is one token, and any other segment goes through the "wordpiece" rules.
+  This is the segment rule of transformers' RoFormerTokenizer.
+
+Every kind first splits the text at the SPECIAL_TOKENS written in it, as
+transformers' tokenizers do, and each occurrence becomes that token's id. The
+match is case-sensitive and precedes lowercasing, so "[MASK]" is one token
+and "[mask]" is the text "[", "mask", "]". The text between two special
+tokens is tokenized on its own, so a special token also ends a word.
 
 The basic tokenizer follows transformers' `BasicTokenizer` (used by its
 BertTokenizer and RoFormerTokenizer), so ids can be compared with theirs:
@@ -41,7 +48,10 @@ train vocabularies here.
 
 A tokenizer is saved as two UTF-8 files in one directory: `vocab.txt`, with the
 token of id i on line i + 1 (the format of BERT and RoFormer checkpoints), and
-`tokenizer.json`, with the `TokenizerSpec` fields.
+`tokenizer.json`, with the `TokenizerSpec` fields. `save_huggingface` and
+`from_huggingface` write and read the directory layout of transformers'
+RoFormerTokenizer and BertTokenizer instead (vocab.txt and
+tokenizer_config.json).
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ import json
 import logging
 import operator
 import os
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -64,6 +75,16 @@ CONFIG_FILENAME = "tokenizer.json"
 CONFIG_FORMAT = "roformer_jax.tokenizer"
 CONFIG_VERSION = 1
 CONTINUATION_PREFIX = "##"
+HUGGINGFACE_CONFIG_FILENAME = "tokenizer_config.json"
+HUGGINGFACE_SPECIAL_TOKENS_FILENAME = "special_tokens_map.json"
+# transformers' tokenizer classes that read a vocab.txt, and the kind that
+# gives the ids of the slow class.
+HUGGINGFACE_CLASS_KINDS = {
+    "RoFormerTokenizer": "chinese_word",
+    "RoFormerTokenizerFast": "chinese_word",
+    "BertTokenizer": "wordpiece",
+    "BertTokenizerFast": "wordpiece",
+}
 
 # The WordPiece split of each word is cached. Distinct words in a corpus
 # follow a long tail, so the cache is emptied when it reaches this many words.
@@ -82,6 +103,13 @@ _CJK_RANGES = (
     (0x2F800, 0x2FA1F),
 )
 _UTF8_BOM = b"\xef\xbb\xbf"
+
+# `re.split` with this pattern puts the text between special tokens at even
+# indices and the special tokens themselves at odd indices. No special token
+# is a prefix of another, so the order of the alternatives does not matter.
+_SPECIAL_TOKEN_PATTERN = re.compile(
+    "(" + "|".join(re.escape(token) for token in SPECIAL_TOKENS) + ")"
+)
 
 
 class TokenizerError(ValueError):
@@ -326,11 +354,17 @@ class Tokenizer:
     # --- Encoding ---
 
     def tokenize(self, text: str) -> list[str]:
-        """Return the tokens of `text`, without special tokens."""
+        """Return the tokens of `text`, without adding [CLS] or [SEP].
+
+        A special token written in the text, such as "[MASK]", is one token.
+        """
         return [self._vocab[token_id] for token_id in self.encode(text)]
 
     def encode(self, text: str) -> list[int]:
-        """Return the ids of the tokens of `text`, without special tokens."""
+        """Return the ids of the tokens of `text`, without adding [CLS] or [SEP].
+
+        A special token written in the text, such as "[MASK]", is one id.
+        """
         ids, _ = self.encode_words(text)
         return ids
 
@@ -341,37 +375,56 @@ class Tokenizer:
         basic-tokenizer word, whose "##" continuations are not word starts. So
         every CJK character and every punctuation character is its own word.
         In "chinese_word" mode a jieba segment is one word, even when it is
-        not in the vocabulary and splits into several tokens.
+        not in the vocabulary and splits into several tokens. A special token
+        written in the text is a word of its own.
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}.")
         ids: list[int] = []
         word_starts: list[bool] = []
-        spec = self._spec
-        # NOTE: a special token written in the text, such as "[MASK]", is
-        # tokenized as plain text ("[", "mask", "]"). transformers'
-        # tokenizers match it as one special token instead.
-        if spec.kind != "chinese_word":
-            for word in _basic_tokenize(text, spec.lowercase, spec.removes_accents):
-                pieces = self._wordpiece(word)
-                ids.extend(pieces)
+        for index, chunk in enumerate(_SPECIAL_TOKEN_PATTERN.split(text)):
+            if index % 2 == 1:
+                ids.append(self._ids[chunk])
                 word_starts.append(True)
-                word_starts.extend([False] * (len(pieces) - 1))
-            return ids, word_starts
+            elif self._spec.kind == "chinese_word":
+                self._encode_segments(chunk, ids, word_starts)
+            else:
+                self._encode_basic_words(chunk, ids, word_starts)
+        return ids, word_starts
 
+    def _encode_basic_words(
+        self, text: str, ids: list[int], word_starts: list[bool]
+    ) -> None:
+        """Append the WordPiece ids of each basic-tokenizer word of `text`."""
+        spec = self._spec
+        for word in _basic_tokenize(text, spec.lowercase, spec.removes_accents):
+            pieces = self._wordpiece(word)
+            ids.extend(pieces)
+            word_starts.append(True)
+            word_starts.extend([False] * (len(pieces) - 1))
+
+    def _encode_segments(
+        self, text: str, ids: list[int], word_starts: list[bool]
+    ) -> None:
+        """Append the ids of the jieba segments of `text` ("chinese_word")."""
+        spec = self._spec
         # RoFormerTokenizer in transformers lowercases the text before jieba
         # segments it, so segments are looked up in lowercase.
-        # NOTE: transformers segments with rjieba, a Rust port of jieba. The two
-        # share the dictionary, and no difference has been checked here.
+        # NOTE: transformers segments with rjieba 0.2.2, a Rust port of jieba.
+        # jieba 0.42.1 cut the same segments on all 1,500 CAIL2019-SCM
+        # documents, 11,882 English Wikipedia lines and 25,000 random mixed
+        # strings, but other text may still segment differently.
         if spec.lowercase:
             text = _lowercase_each_char(text)
         for segment in _segment(text):
-            if segment.isspace():
-                continue
+            # A whitespace segment is a token if the vocabulary has it, as in
+            # RoFormerTokenizer. Otherwise the basic tokenizer drops it.
             token_id = self._ids.get(segment)
             if token_id is not None:
                 ids.append(token_id)
                 word_starts.append(True)
+                continue
+            if segment.isspace():
                 continue
             start = len(ids)
             for word in _basic_tokenize(segment, spec.lowercase, spec.removes_accents):
@@ -379,7 +432,6 @@ class Tokenizer:
             word_starts.extend([False] * (len(ids) - start))
             if len(ids) > start:
                 word_starts[start] = True
-        return ids, word_starts
 
     def _wordpiece(self, word: str) -> tuple[int, ...]:
         cached = self._word_cache.get(word)
@@ -460,8 +512,7 @@ class Tokenizer:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        vocab_text = "".join(f"{token}\n" for token in self._vocab)
-        _write_atomically(directory / VOCAB_FILENAME, vocab_text.encode("utf-8"))
+        self._write_vocab(directory)
         config = {
             "format": CONFIG_FORMAT,
             "version": CONFIG_VERSION,
@@ -516,6 +567,122 @@ class Tokenizer:
             raise TokenizerError(
                 f"Invalid vocabulary file {path} (line n is id n - 1): {error}"
             ) from error
+
+    def _write_vocab(self, directory: Path) -> None:
+        vocab_text = "".join(f"{token}\n" for token in self._vocab)
+        _write_atomically(directory / VOCAB_FILENAME, vocab_text.encode("utf-8"))
+
+    # --- transformers tokenizer directories ---
+
+    def save_huggingface(self, directory: str | os.PathLike) -> None:
+        """Write a tokenizer directory that transformers' `from_pretrained` reads.
+
+        Writes vocab.txt, tokenizer_config.json and special_tokens_map.json,
+        creating `directory`. RoFormerTokenizer (kind "chinese_word") or
+        BertTokenizer ("wordpiece" and "chinese_char") loaded from it gives
+        this tokenizer's ids, and AutoTokenizer selects that class from
+        tokenizer_config.json. `from_huggingface` reads a "chinese_char"
+        tokenizer back as "wordpiece", which gives the same ids.
+
+        NOTE: AutoTokenizer returns RoFormerTokenizerFast unless called with
+        use_fast=False, and in transformers 4.57.6 the fast class gives other
+        ids than the slow one on some text. It strips accents before jieba
+        segments the text, not after, and it does not split a segment such as
+        "c++" at punctuation. With the vocabulary of the parity tests
+        (tests/test_tokenizer_parity.py), the two classes agreed on 300
+        CAIL2019-SCM documents but differed on 42 of 200 English Wikipedia
+        lines (uncased).
+
+        Raises:
+          TokenizerError: `max_chars_per_word` is not 100, the limit built into
+            transformers' WordpieceTokenizer, or `directory` already contains a
+            tokenizer.json, which AutoTokenizer would read in place of the
+            files written here.
+        """
+        spec = self._spec
+        if spec.max_chars_per_word != _HUGGINGFACE_MAX_CHARS_PER_WORD:
+            raise TokenizerError(
+                f"max_chars_per_word is {spec.max_chars_per_word}, but transformers' "
+                f"tokenizers split words of up to {_HUGGINGFACE_MAX_CHARS_PER_WORD} "
+                "characters and have no setting for it. Use a TokenizerSpec with "
+                f"max_chars_per_word={_HUGGINGFACE_MAX_CHARS_PER_WORD}."
+            )
+        directory = Path(directory)
+        fast_tokenizer_path = directory / _HUGGINGFACE_FAST_TOKENIZER_FILENAME
+        if fast_tokenizer_path.exists():
+            raise TokenizerError(
+                f"{fast_tokenizer_path} exists. AutoTokenizer would read it in place "
+                "of vocab.txt and tokenizer_config.json. Save into a directory "
+                "without tokenizer.json."
+            )
+
+        if spec.kind == "chinese_word":
+            class_name = "RoFormerTokenizer"
+        else:
+            class_name = "BertTokenizer"
+        config = {
+            "tokenizer_class": class_name,
+            "do_lower_case": spec.lowercase,
+            "strip_accents": spec.strip_accents,
+            "tokenize_chinese_chars": True,
+            "do_basic_tokenize": True,
+            "never_split": None,
+            **_HUGGINGFACE_SPECIAL_TOKEN_KEYS,
+        }
+        directory.mkdir(parents=True, exist_ok=True)
+        self._write_vocab(directory)
+        _write_atomically(directory / HUGGINGFACE_CONFIG_FILENAME, _json_bytes(config))
+        _write_atomically(
+            directory / HUGGINGFACE_SPECIAL_TOKENS_FILENAME,
+            _json_bytes(_HUGGINGFACE_SPECIAL_TOKEN_KEYS),
+        )
+
+    @classmethod
+    def from_huggingface(cls, directory: str | os.PathLike) -> Tokenizer:
+        """Read a tokenizer directory of transformers' RoFormerTokenizer or BertTokenizer.
+
+        Reads vocab.txt and, where present, tokenizer_config.json,
+        special_tokens_map.json and added_tokens.json, as transformers'
+        `save_pretrained` and `save_huggingface` write them. The
+        `tokenizer_class` in tokenizer_config.json selects the kind (see
+        HUGGINGFACE_CLASS_KINDS). Without it, the `model_type` "roformer" or
+        "bert" in config.json selects RoFormerTokenizer or BertTokenizer, as
+        AutoTokenizer does. `do_lower_case` (default true) and `strip_accents`
+        (default null) become the spec's `lowercase` and `strip_accents`. The
+        fast tokenizer's tokenizer.json is not read.
+
+        Raises:
+          TokenizerError: vocab.txt is missing or invalid, a JSON file is
+            invalid, the tokenizer class is not supported, or a setting changes
+            ids in a way this tokenizer cannot reproduce (other special tokens,
+            added tokens, `never_split`, `tokenize_chinese_chars` false). The
+            message names the file and the setting.
+        """
+        directory = Path(directory)
+        vocab_path = directory / VOCAB_FILENAME
+        vocab = _read_vocab_file(vocab_path, _HUGGINGFACE_DIRECTORY_HINT)
+        config_path = directory / HUGGINGFACE_CONFIG_FILENAME
+        config = _read_json_object(config_path)
+        kind = HUGGINGFACE_CLASS_KINDS[_huggingface_class(config, config_path)]
+        spec = _huggingface_spec(config or {}, config_path, kind)
+        tokenizer = cls._from_file_tokens(vocab, spec, vocab_path)
+
+        special_tokens_path = directory / HUGGINGFACE_SPECIAL_TOKENS_FILENAME
+        for path, settings in (
+            (config_path, config),
+            (special_tokens_path, _read_json_object(special_tokens_path)),
+        ):
+            if settings is not None:
+                _check_huggingface_special_tokens(settings, path, tokenizer)
+        added_tokens_path = directory / "added_tokens.json"
+        added_tokens = _read_json_object(added_tokens_path)
+        if added_tokens is not None:
+            _check_added_tokens(
+                [(token_id, token) for token, token_id in added_tokens.items()],
+                added_tokens_path,
+                tokenizer,
+            )
+        return tokenizer
 
 
 def _is_wide(char: str) -> bool:
@@ -661,6 +828,191 @@ def _read_config(path: Path) -> tuple[TokenizerSpec, int]:
     except TokenizerError as error:
         raise TokenizerError(f"Invalid tokenizer file {path}: {error}") from error
     return spec, vocab_size
+
+
+# --- transformers tokenizer directories ----------------------------------------
+
+# transformers' fast tokenizer file. It has the name of this module's own
+# CONFIG_FILENAME, so a directory cannot hold both formats.
+_HUGGINGFACE_FAST_TOKENIZER_FILENAME = "tokenizer.json"
+# Values of the special token settings of a transformers tokenizer directory.
+_HUGGINGFACE_SPECIAL_TOKEN_KEYS = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
+# AutoTokenizer's class for a config.json model_type, used when
+# tokenizer_config.json names no tokenizer_class.
+_HUGGINGFACE_MODEL_TYPES = {"roformer": "RoFormerTokenizer", "bert": "BertTokenizer"}
+# transformers' WordpieceTokenizer turns longer words into [UNK], and neither
+# RoFormerTokenizer nor BertTokenizer has a setting to change this limit.
+_HUGGINGFACE_MAX_CHARS_PER_WORD = 100
+_HUGGINGFACE_DIRECTORY_HINT = (
+    "Pass a directory that transformers' save_pretrained or "
+    "Tokenizer.save_huggingface wrote."
+)
+
+
+def _json_bytes(value: dict) -> bytes:
+    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _read_json_object(path: Path) -> dict | None:
+    """Return the JSON object in `path`, or None if the file does not exist."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise TokenizerError(
+            f"Reading {path} failed: {error}. {_HUGGINGFACE_DIRECTORY_HINT}"
+        ) from error
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TokenizerError(
+            f"Invalid JSON file {path}: {error}. {_HUGGINGFACE_DIRECTORY_HINT}"
+        ) from error
+    if not isinstance(value, dict):
+        raise TokenizerError(
+            f"Invalid JSON file {path}: expected an object, got "
+            f"{type(value).__name__}. {_HUGGINGFACE_DIRECTORY_HINT}"
+        )
+    return value
+
+
+def _huggingface_class(config: dict | None, config_path: Path) -> str:
+    """Return the transformers tokenizer class that a directory names."""
+    supported = ", ".join(HUGGINGFACE_CLASS_KINDS)
+    class_name = None if config is None else config.get("tokenizer_class")
+    if class_name is None:
+        model_config_path = config_path.with_name("config.json")
+        model_config = _read_json_object(model_config_path) or {}
+        model_type = model_config.get("model_type")
+        if isinstance(model_type, str) and model_type in _HUGGINGFACE_MODEL_TYPES:
+            return _HUGGINGFACE_MODEL_TYPES[model_type]
+        state = "is missing" if config is None else "names no tokenizer_class"
+        raise TokenizerError(
+            f"{config_path} {state}, and {model_config_path} has no model_type "
+            f"'roformer' or 'bert' (found {model_type!r}). Add a tokenizer_class "
+            f"({supported}) to {config_path.name}, or build the tokenizer with "
+            "Tokenizer.from_vocab_file and a TokenizerSpec."
+        )
+    if not isinstance(class_name, str) or class_name not in HUGGINGFACE_CLASS_KINDS:
+        raise TokenizerError(
+            f"{config_path}: tokenizer_class {class_name!r} is not supported. "
+            f"Supported classes: {supported}."
+        )
+    return class_name
+
+
+def _huggingface_spec(config: dict, config_path: Path, kind: str) -> TokenizerSpec:
+    """Return the spec for the settings of a tokenizer_config.json."""
+    lowercase = config.get("do_lower_case", True)
+    if not isinstance(lowercase, bool):
+        raise TokenizerError(
+            f"{config_path}: do_lower_case must be true or false, got {lowercase!r}."
+        )
+    strip_accents = config.get("strip_accents")
+    if strip_accents is not None and not isinstance(strip_accents, bool):
+        raise TokenizerError(
+            f"{config_path}: strip_accents must be true, false or null, got "
+            f"{strip_accents!r}."
+        )
+    # Settings whose other values give ids that this tokenizer cannot produce.
+    required = {
+        "tokenize_chinese_chars": True,
+        "do_basic_tokenize": True,
+        "split_special_tokens": False,
+    }
+    for key, supported_value in required.items():
+        value = config.get(key, supported_value)
+        if value is not supported_value:
+            raise TokenizerError(
+                f"{config_path}: {key} is {json.dumps(value)}, but Tokenizer "
+                f"supports only {json.dumps(supported_value)}, so its ids would "
+                "differ from transformers'. Use transformers' tokenizer for this "
+                "directory."
+            )
+    never_split = config.get("never_split")
+    if never_split:
+        raise TokenizerError(
+            f"{config_path}: never_split is {never_split!r}, but Tokenizer has no "
+            "words exempt from lowercasing and punctuation splitting, so its ids "
+            "would differ from transformers'. Use transformers' tokenizer for "
+            "this directory."
+        )
+    return TokenizerSpec(kind, lowercase=lowercase, strip_accents=strip_accents)
+
+
+def _check_huggingface_special_tokens(
+    settings: dict, path: Path, tokenizer: Tokenizer
+) -> None:
+    """Check that the special and added tokens of `settings` are SPECIAL_TOKENS."""
+    supported = ", ".join(SPECIAL_TOKENS)
+    for key, expected in _HUGGINGFACE_SPECIAL_TOKEN_KEYS.items():
+        if key not in settings:
+            continue
+        content = _added_token_content(settings[key], path, key)
+        if content != expected:
+            raise TokenizerError(
+                f"{path}: {key} is {content!r}, but Tokenizer uses {expected!r}. "
+                f"Only the special tokens {supported} are supported."
+            )
+    for key in ("additional_special_tokens", "extra_special_tokens"):
+        if settings.get(key):
+            raise TokenizerError(
+                f"{path}: {key} is {settings[key]!r}, but Tokenizer supports no "
+                f"special tokens beyond {supported}. transformers matches them in "
+                "the text, so the ids would differ."
+            )
+    added_tokens = settings.get("added_tokens_decoder") or {}
+    if not isinstance(added_tokens, dict):
+        raise TokenizerError(
+            f"{path}: added_tokens_decoder must be an object that maps ids to "
+            f"tokens, got {type(added_tokens).__name__}."
+        )
+    _check_added_tokens(list(added_tokens.items()), path, tokenizer)
+
+
+def _check_added_tokens(
+    added_tokens: list[tuple[object, object]], path: Path, tokenizer: Tokenizer
+) -> None:
+    """Check that each (id, token) pair is a special token at its vocab.txt id."""
+    for token_id, value in added_tokens:
+        content = _added_token_content(value, path, f"added token {token_id}")
+        vocab_id = tokenizer._ids.get(content)
+        if content not in SPECIAL_TOKENS or str(vocab_id) != str(token_id):
+            raise TokenizerError(
+                f"{path}: added token {content!r} has id {token_id}, but only the "
+                f"special tokens {', '.join(SPECIAL_TOKENS)} at their vocab.txt "
+                f"ids are supported (vocab.txt id of {content!r}: {vocab_id}). "
+                "transformers would match other added tokens in the text, so the "
+                "ids would differ."
+            )
+
+
+def _added_token_content(value: object, path: Path, key: str) -> str:
+    """Return the token text of a special token setting (a str or an AddedToken)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        flags = [
+            flag for flag in ("lstrip", "rstrip", "single_word") if value.get(flag)
+        ]
+        if flags:
+            raise TokenizerError(
+                f"{path}: {key} sets {', '.join(flags)}, which changes how "
+                "transformers matches the token in the text. Tokenizer supports "
+                "special tokens only without these flags."
+            )
+        return value["content"]
+    raise TokenizerError(
+        f"{path}: {key} must be a token string or an object with a content "
+        f"string, got {value!r}."
+    )
 
 
 # --- Training ----------------------------------------------------------------

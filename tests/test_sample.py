@@ -1,0 +1,135 @@
+"""`python -m roformer_jax.sample` on workdirs the trainer wrote: a
+character LM generates, cached and uncached, and a masked LM fills masks."""
+
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from configs import mlm_pretrain, tiny_shakespeare
+from roformer_jax import generate
+from roformer_jax.train import inference
+from roformer_jax.train.checkpoint import MissingCheckpointError
+from roformer_jax.train.trainer import train_and_evaluate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DATA = ROOT / ".." / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def char_lm_workdir(tmp_path_factory) -> str:
+    workdir = tmp_path_factory.mktemp("char_lm")
+    config = tiny_shakespeare.get_config("smoke")
+    with config.unlocked():
+        config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
+        config.data.manual_dir = str(DATA / "tiny_shakespeare")
+        config.train.tensorboard = False
+    train_and_evaluate(config, str(workdir))
+    return str(workdir)
+
+
+@pytest.fixture(scope="module")
+def masked_lm_workdir(tmp_path_factory) -> str:
+    workdir = tmp_path_factory.mktemp("masked_lm")
+    config = mlm_pretrain.get_config("corpus=wikipedia,smoke")
+    with config.unlocked():
+        config.data.corpus_path = str(next((DATA / "enwiki_excerpt").glob("*.bz2")))
+        config.train.tensorboard = False
+    train_and_evaluate(config, str(workdir))
+    return str(workdir)
+
+
+def run_sample(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "roformer_jax.sample", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_char_lm_samples_from_the_command_line(char_lm_workdir):
+    """Greedy output is the prompt and 30 more characters of the corpus's
+    vocabulary, and decoding without the cache prints the same text."""
+    flags = (
+        f"--workdir={char_lm_workdir}",
+        "--prompt=ROMEO:",
+        "--prompt=O",
+        "--max_new_tokens=30",
+        "--temperature=0",
+    )
+    cached = run_sample(*flags)
+    assert cached.returncode == 0, cached.stderr
+    uncached = run_sample(*flags, "--nouse_cache")
+    assert uncached.returncode == 0, uncached.stderr
+    assert cached.stdout == uncached.stdout
+    samples = cached.stdout.split("-" * 40 + "\n")
+    assert samples[0].startswith("ROMEO:")
+    assert len(samples[0]) == len("ROMEO:") + 30 + 1  # The text and a newline.
+    assert samples[1].startswith("O")
+
+
+def test_loaded_char_lm_matches_generate(char_lm_workdir):
+    """`load_workdir` and `generate_text` decode the ids `generate` returns."""
+    loaded = inference.load_workdir(char_lm_workdir)
+    assert loaded.task == "causal_lm"
+    sampling = generate.SamplingConfig(max_new_tokens=12, temperature=0.0)
+    rng = jax.random.PRNGKey(0)
+    texts = generate.generate_text(
+        loaded.model, loaded.params, loaded.codec, ["KING"], rng, sampling
+    )
+    ids = generate.generate(
+        loaded.model,
+        loaded.params,
+        generate.left_pad([list(loaded.codec.encode("KING"))]),
+        rng,
+        sampling,
+    ).tokens[0]
+    assert texts == [loaded.codec.decode(np.asarray(ids).tolist())]
+
+
+def test_stop_text_must_be_one_token(char_lm_workdir):
+    codec = inference.load_workdir(char_lm_workdir).codec
+    assert codec.single_token("\n") == int(codec.encode("\n")[0])
+    with pytest.raises(ValueError, match="'no such token' encodes to 13 tokens"):
+        codec.single_token("no such token")
+
+
+def test_masked_lm_fills_masks_from_the_command_line(masked_lm_workdir):
+    """Two masks give two lines of 3 candidates, none a special token."""
+    result = run_sample(
+        f"--workdir={masked_lm_workdir}",
+        "--prompt=the city is the [MASK] of the [MASK] .",
+        "--fill_top_k=3",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "the city is the [MASK] of the [MASK] ."
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["mask 0", "mask 1"]
+    for line in lines[1:]:
+        candidates = line.split(":", 1)[1].split(",")
+        assert len(candidates) == 3
+        assert "[" not in line.split(":", 1)[1]
+
+
+def test_workdir_without_checkpoint_is_named(tmp_path, char_lm_workdir):
+    (tmp_path / "config.json").write_text(
+        pathlib.Path(char_lm_workdir, "config.json").read_text(encoding="utf-8"),
+        encoding="utf-8",
+    )
+    (tmp_path / "vocab.json").write_text(
+        pathlib.Path(char_lm_workdir, "vocab.json").read_text(encoding="utf-8"),
+        encoding="utf-8",
+    )
+    with pytest.raises(MissingCheckpointError, match="checkpoints/"):
+        inference.load_workdir(str(tmp_path))
+
+
+def test_classification_workdir_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"task": "glue/sst2"}', encoding="utf-8")
+    with pytest.raises(ValueError, match="task='glue/sst2'"):
+        inference.load_workdir(str(tmp_path))
