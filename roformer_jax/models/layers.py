@@ -9,6 +9,7 @@ Parameters carry logical sharding axes (`vocab`, `embed`, `heads`, `kv`,
 import functools
 import zlib
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -156,7 +157,24 @@ class SelfAttention(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, x, positions, mask, *, deterministic: bool):
+    def __call__(
+        self,
+        x,
+        positions,
+        mask,
+        *,
+        deterministic: bool,
+        cache: "DecodeCache | None" = None,
+    ):
+        """Attend over `x`, or over the key/value cache when `cache` is given.
+
+        In decoding, the `[B, T]` new tokens write their keys and values at
+        slots `cache.start` onwards, and the queries attend over all `S`
+        slots, with `mask` `[B, 1, T, S]` hiding empty slots and padding.
+        Keys and values are cached before the position encoding, which then
+        sees each key at its own position, so every encoding decodes the way
+        it trains.
+        """
         config = self.config
         n, h = config.num_heads, config.head_dim
 
@@ -173,11 +191,20 @@ class SelfAttention(nn.Module):
 
         q, k, v = project("query"), project("key"), project("value")
         if config.attention == "linear":
+            if cache is not None:
+                raise ValueError(
+                    "Cached decoding needs model.attention='softmax'; "
+                    "model.attention='linear' has no key/value cache yet."
+                )
             out = self._linear_attention(q, k, v, positions, mask)
             return self._output(out)
+        k_positions = positions
+        if cache is not None:
+            k, v = self._update_cache(k, v, cache.start)
+            k_positions = cache.key_positions
         encoding = position_encodings.get(config.position_encoding)
         position = encoding(config, name="position")
-        q, k, v, bias = position.transform(q, k, v, positions, positions)
+        q, k, v, bias = position.transform(q, k, v, positions, k_positions)
         use_dropout = not deterministic and config.attention_dropout_rate > 0.0
         if not (position.needs_attention_weights or use_dropout):
             out = softmax.fused_attention(q, k, v, mask=mask, bias=bias)
@@ -192,10 +219,27 @@ class SelfAttention(nn.Module):
                 dropout_rng=self.make_rng("dropout") if use_dropout else None,
             )
             out = softmax.weighted_values(weights, v)
-            offsets = position.value_offsets(weights, positions, positions)
+            offsets = position.value_offsets(weights, positions, k_positions)
             if offsets is not None:
                 out = out + offsets.astype(out.dtype)
         return self._output(out)
+
+    def _update_cache(self, k, v, start):
+        """Write `[B, T, N, H]` keys and values at slot `start` of the cache
+        and return the whole `[B, S, N, H]` cache.
+
+        The first call, from `init`, only creates the cache: its shape is
+        that of the `[B, S]` inputs `init` was given.
+        """
+        created = self.has_variable("cache", "cached_key")
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        if not created:
+            return k, v
+        index = (0, start, 0, 0)
+        cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, index)
+        cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, index)
+        return cached_k.value, cached_v.value
 
     def _output(self, out):
         config = self.config
@@ -241,7 +285,15 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, mask, *, deterministic: bool):
+    def __call__(
+        self,
+        x,
+        positions,
+        mask,
+        *,
+        deterministic: bool,
+        cache: "DecodeCache | None" = None,
+    ):
         config = self.config
         dropout = nn.Dropout(config.dropout_rate)
         attention = SelfAttention(config, name="attention")
@@ -250,12 +302,16 @@ class Block(nn.Module):
         norm_feed_forward = layer_norm(config, "feed_forward_layer_norm")
         if config.pre_layer_norm:
             y = attention(
-                norm_attention(x), positions, mask, deterministic=deterministic
+                norm_attention(x),
+                positions,
+                mask,
+                deterministic=deterministic,
+                cache=cache,
             )
             x = x + dropout(y, deterministic=deterministic)
             y = feed_forward(norm_feed_forward(x), deterministic=deterministic)
             return x + dropout(y, deterministic=deterministic)
-        y = attention(x, positions, mask, deterministic=deterministic)
+        y = attention(x, positions, mask, deterministic=deterministic, cache=cache)
         x = norm_attention(x + dropout(y, deterministic=deterministic))
         y = feed_forward(x, deterministic=deterministic)
         return norm_feed_forward(x + dropout(y, deterministic=deterministic))
@@ -266,3 +322,62 @@ def attention_mask(config: ModelConfig, segment_ids: Array) -> Array:
     length = segment_ids.shape[1]
     causal = masks.causal_mask(length, length) if config.causal else None
     return masks.combine(masks.segment_mask(segment_ids, segment_ids), causal)
+
+
+@flax.struct.dataclass
+class DecodeCache:
+    """Where the new tokens of a decoding step go in the key/value cache.
+
+    `start` is the first cache slot the `[B, T]` new tokens fill, and
+    `key_positions` the `[B, S]` positions of every slot after they are
+    written.
+    """
+
+    start: Array
+    key_positions: Array
+
+
+class DecodeState(nn.Module):
+    """The per-sequence part of the key/value cache: how many slots are
+    filled, and each slot's position and segment id.
+
+    Calling it with the `[B, T]` positions and segment ids of new tokens
+    records them and returns the `DecodeCache` for the layers and the
+    `[B, 1, T, S]` mask: a query sees the filled slots of its own segment
+    up to its own slot. With left-padded prompts the slot order is the
+    time order, so this equals the causal mask of a full forward pass.
+    """
+
+    @nn.compact
+    def __call__(self, positions: Array, segment_ids: Array):
+        created = self.has_variable("cache", "length")
+        length = self.variable("cache", "length", lambda: jnp.zeros((), jnp.int32))
+        slot_positions = self.variable(
+            "cache", "positions", jnp.zeros, positions.shape, jnp.int32
+        )
+        slot_segments = self.variable(
+            "cache", "segment_ids", jnp.zeros, segment_ids.shape, jnp.int32
+        )
+        if not created:
+            start = jnp.zeros((), jnp.int32)
+            mask = masks.combine(
+                masks.segment_mask(segment_ids, segment_ids),
+                masks.causal_mask(positions.shape[1], positions.shape[1]),
+            )
+            return DecodeCache(start=start, key_positions=positions), mask
+        start = length.value
+        slot_positions.value = jax.lax.dynamic_update_slice(
+            slot_positions.value, positions.astype(jnp.int32), (0, start)
+        )
+        slot_segments.value = jax.lax.dynamic_update_slice(
+            slot_segments.value, segment_ids.astype(jnp.int32), (0, start)
+        )
+        length.value = start + positions.shape[1]
+        num_slots = slot_segments.value.shape[1]
+        query_slots = start + jnp.arange(positions.shape[1])
+        filled = jnp.arange(num_slots)[None, :] <= query_slots[:, None]  # [T, S]
+        mask = masks.combine(
+            masks.segment_mask(segment_ids, slot_segments.value),
+            filled[None, None, :, :],
+        )
+        return DecodeCache(start=start, key_positions=slot_positions.value), mask

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from roformer_jax.model_config import ModelConfig
 from roformer_jax.models.layers import (
     Block,
+    DecodeState,
     Embeddings,
     attention_mask,
     dense_init,
@@ -35,6 +36,8 @@ class Transformer(nn.Module):
         ]
         if config.pre_layer_norm:
             self.final_layer_norm = layer_norm(config, "final_layer_norm")
+        if config.causal:
+            self.decode_state = DecodeState(name="decode_state")
 
     def __call__(
         self,
@@ -44,12 +47,27 @@ class Transformer(nn.Module):
         token_types: Array | None = None,
         *,
         deterministic: bool = True,
+        decode: bool = False,
     ) -> Array:
-        """Return `[B, T, D]` hidden states for `[B, T]` int32 tokens."""
+        """Return `[B, T, D]` hidden states for `[B, T]` int32 tokens.
+
+        With `decode=True` (causal models only) the tokens continue the
+        sequences held in the mutable `cache` collection; `init` with
+        `decode=True` and `[B, S]` inputs creates a cache of S slots.
+        """
         x = self.embeddings(tokens, positions, token_types, deterministic=deterministic)
-        mask = attention_mask(self.config, segment_ids)
+        cache = None
+        if decode:
+            if not self.config.causal:
+                raise ValueError(
+                    "decode=True needs a causal model (model.causal=True); an "
+                    "encoder sees every token at once and has no decoding order."
+                )
+            cache, mask = self.decode_state(positions, segment_ids)
+        else:
+            mask = attention_mask(self.config, segment_ids)
         for block in self.blocks:
-            x = block(x, positions, mask, deterministic=deterministic)
+            x = block(x, positions, mask, deterministic=deterministic, cache=cache)
         if self.config.pre_layer_norm:
             x = self.final_layer_norm(x)
         return x
@@ -107,9 +125,15 @@ class LanguageModel(nn.Module):
         prediction_positions: Array | None = None,
         *,
         deterministic: bool = True,
+        decode: bool = False,
     ) -> Array:
         x = self.transformer(
-            tokens, positions, segment_ids, token_types, deterministic=deterministic
+            tokens,
+            positions,
+            segment_ids,
+            token_types,
+            deterministic=deterministic,
+            decode=decode,
         )
         if prediction_positions is not None:
             x = jnp.take_along_axis(x, prediction_positions[..., None], axis=1)

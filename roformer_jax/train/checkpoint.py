@@ -1,10 +1,12 @@
 """Orbax checkpoints of the train state and the input-stream position."""
 
+import dataclasses
 import logging
 import os
 
 import jax
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from roformer_jax.train.state import TrainState
 
@@ -13,6 +15,10 @@ logger = logging.getLogger(__name__)
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's arrays differ from the model and optimizer being built."""
+
+
+class MissingCheckpointError(ValueError):
+    """A workdir holds no checkpoint to restore."""
 
 
 class Checkpointer:
@@ -58,9 +64,9 @@ class Checkpointer:
           CheckpointMismatchError: the checkpoint's arrays differ from `abstract_state` in
             names or shapes; the message lists the differences.
         """
-        stored = _shapes_by_path(self._manager.item_metadata(step)["state"])
-        expected = _shapes_by_path(abstract_state)
-        differences = _describe_differences(stored, expected)
+        stored = shapes_by_path(self._manager.item_metadata(step)["state"])
+        expected = shapes_by_path(abstract_state)
+        differences = describe_differences(stored, expected)
         if differences:
             raise CheckpointMismatchError(
                 f"Checkpoint {step} in {self._manager.directory} does not match "
@@ -91,6 +97,64 @@ class Checkpointer:
         self._manager.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class RestoredParams:
+    """The model parameters of a checkpoint, and where they came from."""
+
+    params: dict
+    step: int
+    directory: str
+
+
+def restore_params(workdir: str, mesh: Mesh | None = None) -> RestoredParams:
+    """Restore only the parameters of the latest checkpoint in `workdir`.
+
+    Each array is replicated over `mesh` (default: all local devices), so
+    any model can take the parameters whatever mesh wrote them.
+
+    Raises:
+      MissingCheckpointError: `workdir` has no checkpoints/ folder or no
+        checkpoint in it.
+    """
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if not os.path.isdir(directory):
+        raise MissingCheckpointError(
+            f"{workdir!r} has no checkpoints/ folder; point it at the --workdir "
+            "of a training run that saved a checkpoint."
+        )
+    if mesh is None:
+        mesh = Mesh(jax.local_devices(), ("data",))
+    manager = ocp.CheckpointManager(
+        directory,
+        item_handlers={
+            "state": ocp.StandardCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler(),
+        },
+    )
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise MissingCheckpointError(
+                f"{directory} contains no checkpoint; let the run save one "
+                "(train.checkpoint_every_steps) first."
+            )
+        metadata = manager.item_metadata(step)["state"]
+        replicated = NamedSharding(mesh, PartitionSpec())
+        target = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(
+                tuple(leaf.shape), leaf.dtype, sharding=replicated
+            ),
+            metadata,
+        )
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(target)),
+        )
+    finally:
+        manager.close()
+    return RestoredParams(restored.state["params"], step, directory)
+
+
 def _path_name(path) -> str:
     parts = []
     for key in path:
@@ -101,12 +165,13 @@ def _path_name(path) -> str:
     return "/".join(parts)
 
 
-def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
+def shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
+    """Map each leaf's "a/b/c" path to its shape."""
     leaves = jax.tree_util.tree_leaves_with_path(tree)
     return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves}
 
 
-def _describe_differences(
+def describe_differences(
     stored: dict[str, tuple[int, ...]],
     expected: dict[str, tuple[int, ...]],
     limit: int = 10,

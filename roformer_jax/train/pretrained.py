@@ -12,10 +12,8 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
-from jax.sharding import NamedSharding, PartitionSpec
 
-from roformer_jax.train.checkpoint import _describe_differences, _shapes_by_path
+from roformer_jax.train import checkpoint
 from roformer_jax.train.state import StateLayout, TrainState
 
 logger = logging.getLogger(__name__)
@@ -29,41 +27,11 @@ class PretrainedMismatchError(ValueError):
 
 
 def _restore_params(init_workdir: str, mesh) -> tuple[dict, int, str]:
-    directory = os.path.abspath(os.path.join(init_workdir, "checkpoints"))
-    if not os.path.isdir(directory):
-        raise PretrainedMismatchError(
-            f"finetune.init_workdir={init_workdir!r} has no checkpoints/ folder; "
-            "point it at the --workdir of a finished pre-training run."
-        )
-    manager = ocp.CheckpointManager(
-        directory,
-        item_handlers={
-            "state": ocp.StandardCheckpointHandler(),
-            "data": ocp.JsonCheckpointHandler(),
-        },
-    )
     try:
-        step = manager.latest_step()
-        if step is None:
-            raise PretrainedMismatchError(
-                f"{directory} contains no checkpoint; let the pre-training run "
-                "save one (train.checkpoint_every_steps) before fine-tuning."
-            )
-        metadata = manager.item_metadata(step)["state"]
-        replicated = NamedSharding(mesh, PartitionSpec())
-        target = jax.tree.map(
-            lambda leaf: jax.ShapeDtypeStruct(
-                tuple(leaf.shape), leaf.dtype, sharding=replicated
-            ),
-            metadata,
-        )
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(target)),
-        )
-    finally:
-        manager.close()
-    return restored.state["params"], step, directory
+        restored = checkpoint.restore_params(init_workdir, mesh)
+    except checkpoint.MissingCheckpointError as error:
+        raise PretrainedMismatchError(f"finetune.init_workdir: {error}") from error
+    return restored.params, restored.step, restored.directory
 
 
 def _extend_table(table: np.ndarray, rows: int) -> np.ndarray:
@@ -121,8 +89,8 @@ def load_encoder(
         )
     stored = dict(jax.tree.map(np.asarray, stored_params[ENCODER]))
     expected = state.params[ENCODER]
-    stored_shapes = _shapes_by_path(stored)
-    expected_shapes = _shapes_by_path(expected)
+    stored_shapes = checkpoint.shapes_by_path(stored)
+    expected_shapes = checkpoint.shapes_by_path(expected)
     table = LEARNED_POSITION_TABLE
     if (
         table in stored_shapes
@@ -148,7 +116,7 @@ def load_encoder(
         embeddings = stored["embeddings"]["position"]["table"]
         embeddings["embedding"] = _extend_table(embeddings["embedding"], new_rows)
         stored_shapes[table] = (new_rows, stored_shapes[table][1])
-    differences = _describe_differences(stored_shapes, expected_shapes)
+    differences = checkpoint.describe_differences(stored_shapes, expected_shapes)
     if differences:
         raise PretrainedMismatchError(
             f"The encoder in checkpoint {step} of {directory} does not fit this "
