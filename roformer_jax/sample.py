@@ -5,7 +5,8 @@ Usage (from the repository root):
   python -m roformer_jax.sample --workdir=/tmp/shakespeare --prompt="ROMEO:" \
       --max_new_tokens=200 --temperature=0.8 --top_k=40
 
-The latest checkpoint of `--workdir` is loaded. A causal model continues
+The latest checkpoint of `--workdir` is loaded; `--hf_dir` loads a Hugging
+Face RoFormerForCausalLM or RoFormerForMaskedLM directory instead. A causal model continues
 each `--prompt`; a masked LM predicts every mask token ([MASK]) in it.
 `--stop` texts must be single tokens; `\n` and `\t` in flags are read as
 newline and tab.
@@ -25,6 +26,9 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Directory of a training run.")
+    flags.DEFINE_string(
+        "hf_dir", None, "A Hugging Face RoFormer LM directory, instead of --workdir."
+    )
     flags.DEFINE_multi_string("prompt", [], "Prompt text; repeat for a batch.")
     flags.DEFINE_integer("max_new_tokens", 200, "Tokens to generate per prompt.")
     flags.DEFINE_float("temperature", 1.0, "Sampling temperature; 0 is greedy.")
@@ -36,7 +40,7 @@ def define_flags() -> None:
         "use_cache", True, "Decode with the key/value cache (--nouse_cache recomputes)."
     )
     flags.DEFINE_integer("fill_top_k", 5, "Masked LM: candidates shown per mask.")
-    flags.mark_flag_as_required("workdir")
+    flags.mark_flags_as_mutual_exclusive(["workdir", "hf_dir"], required=True)
 
 
 def _unescape(text: str) -> str:
@@ -64,7 +68,10 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)  # Orbax logs each restore step.
     if not FLAGS.prompt:
         sys.exit("Give at least one --prompt.")
-    loaded = inference.load_workdir(FLAGS.workdir)
+    if FLAGS.hf_dir:
+        loaded = inference.load_huggingface_model(FLAGS.hf_dir)
+    else:
+        loaded = inference.load_workdir(FLAGS.workdir)
     prompts = [_unescape(prompt) for prompt in FLAGS.prompt]
     if loaded.task == "masked_lm":
         for prompt in prompts:
@@ -94,10 +101,12 @@ def main(argv) -> None:
     for prompt, text in zip(prompts, texts, strict=True):
         print(prompt + text)
         print("-" * 40)
+    source = (
+        FLAGS.hf_dir if FLAGS.hf_dir else f"checkpoint {loaded.step} of {FLAGS.workdir}"
+    )
     print(
-        f"Checkpoint {loaded.step} of {FLAGS.workdir}: {len(texts)} samples of up "
-        f"to {sampling.max_new_tokens} tokens in {elapsed:.1f} s (compile "
-        "included).",
+        f"{source}: {len(texts)} samples of up to {sampling.max_new_tokens} tokens "
+        f"in {elapsed:.1f} s (compile included).",
         file=sys.stderr,
     )
 

@@ -8,6 +8,8 @@ import sys
 import jax
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from configs import mlm_pretrain, tiny_shakespeare
 from roformer_jax import generate
@@ -133,3 +135,71 @@ def test_classification_workdir_is_refused(tmp_path):
     (tmp_path / "config.json").write_text('{"task": "glue/sst2"}', encoding="utf-8")
     with pytest.raises(ValueError, match="task='glue/sst2'"):
         inference.load_workdir(str(tmp_path))
+
+
+# Hugging Face directories.
+
+HF_WORDS = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+    *"天气很好我们去公园散步今明后吧",
+    "今天", "公园", "散步", "hello", "world", ",", ".",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hf_causal_dir(tmp_path_factory):
+    """A random transformers RoFormerForCausalLM and its tokenizer files."""
+    directory = tmp_path_factory.mktemp("hf_causal")
+    vocab_path = directory / "vocab.txt"
+    vocab_path.write_text("".join(f"{word}\n" for word in HF_WORDS), encoding="utf-8")
+    config = transformers.RoFormerConfig(
+        vocab_size=len(HF_WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        is_decoder=True,
+        initializer_range=0.3,
+    )
+    transformers.set_seed(0)
+    model = transformers.RoFormerForCausalLM(config).eval()
+    model.save_pretrained(directory)
+    tokenizer = transformers.RoFormerTokenizer(str(vocab_path))
+    tokenizer.save_pretrained(directory)
+    return directory, model, tokenizer
+
+
+def test_hf_causal_lm_generates_like_transformers(hf_causal_dir):
+    """Greedy text from `sample --hf_dir` equals transformers' own greedy
+    `generate` (with its cache) on the same checkpoint."""
+    directory, model, tokenizer = hf_causal_dir
+    prompt = "[CLS]今天天气"
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        reference = model.generate(
+            ids, max_new_tokens=10, do_sample=False, pad_token_id=0
+        )[0, ids.shape[1] :].tolist()
+    result = run_sample(
+        f"--hf_dir={directory}",
+        f"--prompt={prompt}",
+        "--max_new_tokens=10",
+        "--temperature=0",
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = inference.load_huggingface_model(str(directory))
+    expected_text = prompt + loaded.codec.decode(reference)
+    assert result.stdout.split("\n" + "-" * 40)[0] == expected_text
+
+
+def test_hf_encoder_is_refused(tmp_path):
+    config = transformers.RoFormerConfig(
+        vocab_size=len(HF_WORDS),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    transformers.RoFormerModel(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="'encoder' model"):
+        inference.load_huggingface_model(str(tmp_path))

@@ -2,7 +2,9 @@
 
 A workdir holds what the trainer wrote: `config.json`, `checkpoints/`, and
 the run's vocabulary (`vocab.json` for a character corpus, `tokenizer/`
-for subword tasks; byte-level corpora need none).
+for subword tasks; byte-level corpora need none). A Hugging Face RoFormer
+directory (masked or causal LM, with its `vocab.txt`) loads the same way
+through `load_huggingface_model`.
 """
 
 import dataclasses
@@ -14,6 +16,7 @@ import ml_collections
 from roformer_jax.data.tokenizers import Tokenizer
 from roformer_jax.data.vocab import UNK_ID, ByteVocab, CharVocab
 from roformer_jax.generate import TextCodec
+from roformer_jax.interop import load_huggingface
 from roformer_jax.model_config import ModelConfig
 from roformer_jax.models import LanguageModel
 from roformer_jax.train import checkpoint
@@ -106,4 +109,29 @@ def load_workdir(workdir: str) -> InferenceModel:
         codec=codec,
         task=task,
         step=restored.step,
+    )
+
+
+def load_huggingface_model(directory: str) -> InferenceModel:
+    """Load a Hugging Face `RoFormerForMaskedLM` or `RoFormerForCausalLM`
+    directory and its tokenizer (`vocab.txt`, `tokenizer_config.json`).
+
+    Raises:
+      ValueError: the checkpoint is not a language model, or a file is
+        missing or invalid (the interop and tokenizer errors name it).
+    """
+    imported = load_huggingface(directory)
+    if imported.head not in ("masked_lm", "causal_lm"):
+        raise ValueError(
+            f"{directory!r} holds a {imported.head!r} model; sampling and "
+            "fill-mask need RoFormerForMaskedLM or RoFormerForCausalLM."
+        )
+    tokenizer = Tokenizer.from_huggingface(directory)
+    model_config = dataclasses.replace(imported.model_config, dropout_rate=0.0)
+    return InferenceModel(
+        model=LanguageModel(model_config),
+        params=imported.params,
+        codec=codec_from_tokenizer(tokenizer),
+        task=imported.head,
+        step=None,
     )
