@@ -17,15 +17,23 @@ Variants, comma-separated after the colon:
 - `seq_len=N`: the fine-tuning length. RoPE runs at any length; a learned
   position table also needs model.max_position_embeddings=N and
   finetune.extend_position_embeddings=True.
+- `hf_dir=PATH`: start from a Hugging Face RoFormer directory (any head;
+  its encoder is used): model.* is read from its config.json, the tokenizer
+  from its vocab.txt and tokenizer_config.json.
 - `smoke`: a few steps of a tiny model, for tests.
 
-Without finetune.init_workdir the encoder starts from random weights and a
-vocabulary is trained on the task's training texts.
+Without finetune.init_workdir or finetune.init_hf_dir the encoder starts
+from random weights and a vocabulary is trained on the task's training texts.
 """
+
+import dataclasses
+import json
+import os
 
 import ml_collections
 
 from configs import mlm_pretrain, tiny_shakespeare
+from roformer_jax.interop.huggingface import model_config_from_hf
 
 # Per task: sequence length, training steps and batch size for the small
 # encoder on a CPU, sized so that a GLUE suite of 2 encodings x 3 seeds fits
@@ -75,6 +83,8 @@ def finetune_group() -> ml_collections.ConfigDict:
     # The --workdir of a masked-LM pre-training run: its latest checkpoint's
     # encoder and its tokenizer are loaded. None trains from scratch.
     finetune.init_workdir = ml_collections.config_dict.placeholder(str)
+    # Or a Hugging Face RoFormer directory; set it with the hf_dir= variant.
+    finetune.init_hf_dir = ml_collections.config_dict.placeholder(str)
     # Tile a learned position table that is shorter than the model's.
     finetune.extend_position_embeddings = False
     return finetune
@@ -82,30 +92,51 @@ def finetune_group() -> ml_collections.ConfigDict:
 
 def _apply_variant(config: ml_collections.ConfigDict, variants: dict) -> None:
     for key, value in variants.items():
-        if key in ("task", "size", "corpus"):
-            continue  # Read before the groups are built.
+        if key in ("task", "size", "corpus", "smoke"):
+            continue  # Read before the groups are built, or applied last.
+        if key == "hf_dir":
+            _copy_huggingface_config(config, value)
+            continue
         if key == "posenc":
             config.model.position_encoding = value
         elif key == "seq_len":
             config.data.seq_len = int(value)
-        elif key == "smoke":
-            config.model.update(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64)
-            config.tokenizer.vocab_size = 400
-            config.data.seq_len = min(config.data.seq_len, 64)
-            config.data.global_batch_size = 8
-            config.data.eval_batch_size = 8
-            config.train.num_train_steps = 4
-            config.train.log_every_steps = 2
-            config.train.eval_every_steps = 2
-            config.train.eval_max_batches = 2
-            config.train.checkpoint_every_steps = 2
-            config.train.peak_flops_per_second = 1e11
-            config.optim.warmup_steps = 1
         else:
             raise ValueError(
                 f"Unknown config variant {key!r}; use task=, size=, posenc=, "
-                "seq_len= or smoke."
+                "seq_len=, hf_dir= or smoke."
             )
+    if "smoke" in variants:
+        if "hf_dir" not in variants:
+            config.model.update(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64)
+        config.tokenizer.vocab_size = 400
+        config.data.seq_len = min(config.data.seq_len, 64)
+        config.data.global_batch_size = 8
+        config.data.eval_batch_size = 8
+        config.train.num_train_steps = 4
+        config.train.log_every_steps = 2
+        config.train.eval_every_steps = 2
+        config.train.eval_max_batches = 2
+        config.train.checkpoint_every_steps = 2
+        config.train.peak_flops_per_second = 1e11
+        config.optim.warmup_steps = 1
+
+
+def _copy_huggingface_config(config: ml_collections.ConfigDict, directory: str):
+    """Set model.* to the encoder of a Hugging Face RoFormer directory."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+        raise ValueError(
+            f"hf_dir={directory!r} has no config.json; point it at a Hugging "
+            "Face RoFormer model directory."
+        )
+    with open(path, encoding="utf-8") as file:
+        hf_config = json.load(file)
+    model = model_config_from_hf(hf_config, causal=False, source=path)
+    for field in dataclasses.fields(model):
+        if field.name in config.model and field.name != "vocab_size":
+            config.model[field.name] = getattr(model, field.name)
+    config.finetune.init_hf_dir = directory
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -1,10 +1,12 @@
-"""Start a fine-tuning run from the encoder of a pre-training run.
+"""Start a fine-tuning run from a pre-trained encoder: the latest checkpoint
+of a roformer_jax pre-training run (`finetune.init_workdir`), or a Hugging
+Face RoFormer directory (`finetune.init_hf_dir`).
 
-Only the `transformer` parameters are taken from the pre-training
-checkpoint; the task head keeps its fresh initialisation and the optimizer
-starts from zero.
+Only the `transformer` parameters are taken from the pre-trained model; the
+task head keeps its fresh initialisation and the optimizer starts from zero.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -13,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from roformer_jax.interop import load_huggingface
+from roformer_jax.model_config import ModelConfig
 from roformer_jax.train import checkpoint
 from roformer_jax.train.state import StateLayout, TrainState
 
@@ -126,6 +130,13 @@ def load_encoder(
             + "\nUse the pre-training run's model.* settings (and its tokenizer, "
             "which fixes the vocabulary size) for fine-tuning."
         )
+    return _install_encoder(state, layout, stored, f"checkpoint {step} of {directory}")
+
+
+def _install_encoder(
+    state: TrainState, layout: StateLayout, stored: dict, source: str
+) -> TrainState:
+    expected = state.params[ENCODER]
     shardings = layout.shardings.params[ENCODER]
     encoder = jax.tree.map(
         lambda value, reference, sharding: jax.device_put(
@@ -135,9 +146,44 @@ def load_encoder(
         expected,
         shardings,
     )
-    logger.info(
-        "Initialised the encoder from checkpoint %d of %s; the task head is new.",
-        step,
-        directory,
-    )
+    logger.info("Initialised the encoder from %s; the task head is new.", source)
     return state.replace(params={**state.params, ENCODER: encoder})
+
+
+# Fields that only shape training, so a fine-tuning run may set its own.
+_TRAINING_ONLY_FIELDS = (
+    "dropout_rate",
+    "attention_dropout_rate",
+    "initializer_range",
+    "dtype",
+)
+
+
+def load_huggingface_encoder(
+    state: TrainState, layout: StateLayout, directory: str, model: ModelConfig
+) -> TrainState:
+    """Replace the encoder parameters with those of a Hugging Face RoFormer.
+
+    Any head in the directory is dropped; only the encoder is read.
+
+    Raises:
+      PretrainedMismatchError: `model` differs from the checkpoint's config
+        in a field that shapes the encoder; the message lists each one.
+    """
+    imported = load_huggingface(directory, head="encoder")
+    reference = imported.model_config
+    changed = [
+        f"model.{field}: checkpoint {getattr(reference, field)!r}, this run "
+        f"{getattr(model, field)!r}"
+        for field in (field.name for field in dataclasses.fields(ModelConfig))
+        if field not in _TRAINING_ONLY_FIELDS + ("causal",)
+        and getattr(reference, field) != getattr(model, field)
+    ]
+    if changed:
+        raise PretrainedMismatchError(
+            f"finetune.init_hf_dir={directory!r} holds a different encoder:\n  "
+            + "\n  ".join(changed)
+            + "\nThe config variant hf_dir=PATH of configs/finetune.py copies "
+            "the checkpoint's settings into model.*."
+        )
+    return _install_encoder(state, layout, imported.params, directory)

@@ -66,9 +66,13 @@ def load_or_build_tokenizer(config, workdir: str, training_texts) -> Tokenizer:
     """
     stored_dir = os.path.join(workdir, TOKENIZER_DIRNAME)
     init_workdir = config.get("finetune", {}).get("init_workdir")
+    init_hf_dir = config.get("finetune", {}).get("init_hf_dir")
     if os.path.exists(os.path.join(stored_dir, "vocab.txt")):
         tokenizer = Tokenizer.load(stored_dir)
         logger.info("Reloaded the tokenizer stored in %s.", stored_dir)
+    elif init_hf_dir:
+        tokenizer = Tokenizer.from_huggingface(init_hf_dir)
+        logger.info("Using the tokenizer of %s.", init_hf_dir)
     elif init_workdir:
         source = os.path.join(init_workdir, TOKENIZER_DIRNAME)
         if not os.path.exists(os.path.join(source, "vocab.txt")):

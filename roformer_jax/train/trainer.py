@@ -129,6 +129,10 @@ def setup(config, workdir: str) -> Run:
             extend_positions=config.finetune.extend_position_embeddings,
             model_fields=dict(config.model),
         )
+    if start_step == 0 and config.get("finetune", {}).get("init_hf_dir"):
+        state = pretrained.load_huggingface_encoder(
+            state, layout, config.finetune.init_hf_dir, model_config
+        )
     logger.info(
         "Parameters (%s):\n%s", f"{num_params:,}", parameter_table(state.params)
     )

@@ -135,6 +135,13 @@ def _check_task(config) -> None:
         )
     if config.task == "causal_lm":
         return
+    finetune = config.get("finetune", {})
+    if finetune.get("init_workdir") and finetune.get("init_hf_dir"):
+        raise ConfigError(
+            f"finetune.init_workdir={finetune.init_workdir!r} and "
+            f"finetune.init_hf_dir={finetune.init_hf_dir!r} are both set; the "
+            "encoder comes from one of them, so unset the other."
+        )
     tokenizer = config.tokenizer
     if tokenizer.kind not in TOKENIZER_KINDS:
         raise ConfigError(
