@@ -45,6 +45,12 @@ def model_group() -> ml_collections.ConfigDict:
     model.favor_num_features = 128  # favor: random features M per head.
     model.favor_redraw_steps = 1000  # favor: redraw every N train steps; 0 never.
     model.linear_chunk_size = 128  # linear, causal: tokens per prefix-sum chunk.
+    # Softmax kernel: auto (cudnn on GPU, pallas on TPU, else xla), xla,
+    # chunked (O(T) memory; no bias encodings, no attention dropout), cudnn
+    # or pallas (xla with one warning where they cannot run).
+    model.attention_impl = "auto"
+    model.attention_chunk_size = 512  # chunked: queries and keys per block.
+    model.remat = "none"  # Recompute in backward: none, block or dots_saveable.
     # Options that only some position encodings read.
     model.relative_num_buckets = (
         32  # t5: total buckets, halved per direction unless causal.
@@ -108,6 +114,10 @@ def train_group() -> ml_collections.ConfigDict:
     )  # None: whole split.
     train.checkpoint_every_steps = 400
     train.max_checkpoints_to_keep = 3
+    # Non-finite loss or gradients: "stop" with an error naming the step, or
+    # "skip" the update, at most max_consecutive_skips steps in a row.
+    train.nonfinite_policy = "stop"
+    train.max_consecutive_skips = 3
     train.tensorboard = True  # Also write TensorBoard event files.
     train.peak_flops_per_second = ml_collections.config_dict.placeholder(
         float

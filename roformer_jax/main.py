@@ -17,6 +17,7 @@ from roformer_jax.data.text_classification import DataFileError
 from roformer_jax.data.tiny_shakespeare import DatasetUnavailableError
 from roformer_jax.data.tokenizers import TokenizerError
 from roformer_jax.train.checkpoint import CheckpointMismatchError
+from roformer_jax.train.faults import NonFiniteError
 from roformer_jax.train.pretrained import PretrainedMismatchError
 from roformer_jax.train.text_inputs import DataConfigError
 from roformer_jax.train.trainer import train_and_evaluate
@@ -31,6 +32,7 @@ USER_INPUT_ERRORS = (
     CorpusError,
     DataConfigError,
     DataFileError,
+    NonFiniteError,
     PretrainedMismatchError,
     TokenizerError,
 )

@@ -42,6 +42,22 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def set_aside(self, step: int) -> str:
+        """Move the folder of checkpoint `step` out of the way, so a new
+        checkpoint of that step can be written; return where it went."""
+        source = os.path.join(self._manager.directory, str(step))
+        target = f"{source}.unreadable"
+        suffix = 1
+        while os.path.exists(target):
+            suffix += 1
+            target = f"{source}.unreadable{suffix}"
+        os.rename(source, target)
+        self._manager.reload()
+        return target
+
     def save(self, step: int, state: TrainState, data_state: dict) -> None:
         """Save `state` and the input position as checkpoint `step`.
 

@@ -35,6 +35,8 @@ def make_steps(
     state_shardings,
     mesh: Mesh,
     dropout_seed: int,
+    *,
+    skip_nonfinite: bool = False,
 ) -> Steps:
     """Jit the steps with explicit shardings; the train step donates its state.
 
@@ -43,6 +45,11 @@ def make_steps(
     FAVOR+ linear attention and `favor_redraw_steps` > 0 also get a `favor`
     key that changes every `favor_redraw_steps` steps, and evaluation at step
     s uses the key that training used at s, so both see the same features.
+
+    Every step reports `train/finite`: 1 when the loss and the gradient norm
+    are finite. With `skip_nonfinite` a step where they are not keeps the
+    parameters and optimizer state it started from (the step count still
+    advances, so the next step takes the next batch).
     """
     base_key = jax.random.PRNGKey(dropout_seed)
     favor_key = jax.random.fold_in(base_key, 2**31 - 1)
@@ -68,10 +75,20 @@ def make_steps(
         (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if skip_nonfinite:
+
+            def keep_if_finite(new, old):
+                return jnp.where(finite, new, old)
+
+            params = jax.tree.map(keep_if_finite, params, state.params)
+            opt_state = jax.tree.map(keep_if_finite, opt_state, state.opt_state)
         metrics = {
             "train/loss": loss,
             "train/learning_rate": schedule(state.step),
-            "train/grad_norm": optax.tree.norm(grads),
+            "train/grad_norm": grad_norm,
+            "train/finite": finite.astype(jnp.float32),
             "train/param_norm": optax.tree.norm(params),
             "train/update_norm": optax.tree.norm(updates),
         }

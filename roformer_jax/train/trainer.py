@@ -4,9 +4,9 @@ Experiments, tests and notebooks call `train_and_evaluate(config, workdir)`;
 there is no other training loop.
 """
 
+import contextlib
 import dataclasses
 import logging
-import math
 import os
 import time
 
@@ -16,9 +16,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from roformer_jax.data.prefetch import Prefetcher
+from roformer_jax.train import faults, perf, pretrained, tasks
 from roformer_jax.train import mesh as mesh_lib
-from roformer_jax.train import perf, pretrained, tasks
-from roformer_jax.train.checkpoint import Checkpointer
+from roformer_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
 from roformer_jax.train.inputs import TaskData, load_task_data
 from roformer_jax.train.metrics import MetricWriter, Progress, format_duration
 from roformer_jax.train.optimizer import make_optimizer
@@ -144,6 +144,7 @@ def setup(config, workdir: str) -> Run:
         layout.shardings,
         mesh,
         dropout_seed=config.seed + 1,
+        skip_nonfinite=config.train.get("nonfinite_policy", "stop") == "skip",
     )
     sample = data.train.batch(0)
     tokens_per_step = int(sample["inputs"].size)
@@ -177,19 +178,37 @@ def setup(config, workdir: str) -> Run:
 
 
 def _restore(checkpointer: Checkpointer, layout: StateLayout) -> tuple[TrainState, int]:
-    """Restore the latest checkpoint, or initialise when there is none."""
-    step = checkpointer.latest_step()
-    if step is None:
-        logger.info("No checkpoint found; initialising at step 0.")
-        return layout.initialize(), 0
-    state, data_state = checkpointer.restore(step, layout.abstract)
-    if data_state["next_step"] != step:
-        raise ValueError(
-            f"Checkpoint {step} records data position {data_state['next_step']}; "
-            "the checkpoint is inconsistent. Delete it or use a new --workdir."
-        )
-    logger.info("Restored checkpoint at step %d.", step)
-    return state, step
+    """Restore the latest readable checkpoint, or initialise when there is none.
+
+    A checkpoint that cannot be read (truncated or corrupted files) is moved
+    aside with a warning naming its step, and the one before it is tried.
+    A checkpoint that does not fit the config is an error, not a fallback.
+    """
+    for step in sorted(checkpointer.all_steps(), reverse=True):
+        try:
+            state, data_state = checkpointer.restore(step, layout.abstract)
+        except CheckpointMismatchError:
+            raise
+        except Exception as error:  # noqa: BLE001  (any read failure falls back)
+            moved_to = checkpointer.set_aside(step)
+            logger.warning(
+                "Checkpoint %d is unreadable (%s: %s); moved it to %s and trying "
+                "the one before it.",
+                step,
+                type(error).__name__,
+                str(error).splitlines()[0][:300] if str(error) else "",
+                moved_to,
+            )
+            continue
+        if data_state["next_step"] != step:
+            raise ValueError(
+                f"Checkpoint {step} records data position {data_state['next_step']}; "
+                "the checkpoint is inconsistent. Delete it or use a new --workdir."
+            )
+        logger.info("Restored checkpoint at step %d.", step)
+        return state, step
+    logger.info("No checkpoint found; initialising at step 0.")
+    return layout.initialize(), 0
 
 
 def evaluate(run: Run, params) -> dict[str, float]:
@@ -221,7 +240,11 @@ def _mean_metrics(pending: list[dict]) -> dict[str, float]:
     """Average each metric over the interval, except the learning rate,
     which is reported at the interval's last step."""
     fetched = jax.device_get(pending)
-    means = {key: float(np.mean([row[key] for row in fetched])) for key in fetched[0]}
+    # Skipped (non-finite) steps would make every mean NaN; the guard has
+    # already logged them, and `train/finite` keeps their share.
+    finite = [row for row in fetched if row["train/finite"] == 1.0] or fetched
+    means = {key: float(np.mean([row[key] for row in finite])) for key in fetched[0]}
+    means["train/finite"] = float(np.mean([row["train/finite"] for row in fetched]))
     means["train/learning_rate"] = float(fetched[-1]["train/learning_rate"])
     return means
 
@@ -230,12 +253,6 @@ def _log_train(
     run: Run, step: int, pending: list[dict], progress: Progress, prefetcher
 ) -> None:
     metrics = _mean_metrics(pending)
-    if not all(math.isfinite(value) for value in metrics.values()):
-        raise FloatingPointError(
-            f"Non-finite training metrics at step {step}: {metrics}. Lower "
-            "optim.learning_rate, raise optim.warmup_steps, or check the data; "
-            "the last checkpoint is intact."
-        )
     rates = progress.report(step)
     wait = prefetcher.take_wait_seconds()
     interval = len(pending) / max(rates["perf/steps_per_second"], 1e-9)
@@ -301,15 +318,24 @@ def train_loop(run: Run, *, stop_after_step: int | None = None) -> dict[str, flo
     )
     pending: list[dict] = []
     eval_metrics: dict[str, float] = {}
-    try:
+    guard = faults.NonFiniteGuard(
+        train_config.get("nonfinite_policy", "stop"),
+        train_config.get("max_consecutive_skips", 3),
+    )
+    last_checkpoint = run.start_step or None
+    with contextlib.ExitStack() as stack:
+        stack.callback(run.checkpointer.wait)
+        stack.callback(prefetcher.close)
+        terminate = stack.enter_context(faults.catch_sigterm())
         for step in range(run.start_step + 1, total + 1):
-            _, batch = prefetcher.next()
+            batch_index, batch = prefetcher.next()
             first = step == run.start_step + 1
             if first:
                 compile_start = time.perf_counter()
             run.state, metrics = run.steps.train(
                 run.state, _global_batch(batch, run.mesh)
             )
+            guard.record(step, batch_index, metrics["train/finite"])
             pending.append(metrics)
             if first:
                 jax.block_until_ready(run.state)
@@ -321,24 +347,33 @@ def train_loop(run: Run, *, stop_after_step: int | None = None) -> dict[str, flo
                 prefetcher.take_wait_seconds()
             last = step == total
             if step % train_config.log_every_steps == 0 or last:
+                guard.check(last_checkpoint)
                 _log_train(run, step, pending, progress, prefetcher)
                 pending.clear()
             paused = False
             if step % train_config.eval_every_steps == 0 or last:
+                guard.check(last_checkpoint)
                 eval_metrics = _evaluate_and_log(run, step)
                 paused = True
-            stopping = step == stop_after_step
+            stopping = step == stop_after_step or bool(terminate)
             if step % train_config.checkpoint_every_steps == 0 or last or stopping:
+                guard.check(last_checkpoint)
+                faults.check_finite_parameters(metrics["train/param_norm"], step)
                 run.checkpointer.save(step, run.state, {"next_step": step})
+                last_checkpoint = step
                 paused = True
+            if terminate:
+                logger.info(
+                    "Received SIGTERM: saved a checkpoint at step %d and stopped. "
+                    "Run the same command to resume.",
+                    step,
+                )
+                break
             if stopping:
                 logger.info("Stopping after step %d as requested.", step)
                 break
             if paused:
                 progress.restart_clock(step)
-    finally:
-        prefetcher.close()
-        run.checkpointer.wait()
     return eval_metrics
 
 

@@ -3,10 +3,16 @@
 import math
 
 from roformer_jax import positions as position_encodings
+from roformer_jax.attention.softmax import IMPLEMENTATIONS
 from roformer_jax.model_config import ModelConfig
-from roformer_jax.models.layers import LINEAR_ATTENTION_ENCODINGS
+from roformer_jax.models.layers import (
+    CHUNKED_ATTENTION_ENCODINGS,
+    LINEAR_ATTENTION_ENCODINGS,
+    REMAT_POLICIES,
+)
 from roformer_jax.positions.rope import validate_rope_options
 from roformer_jax.train import mesh as mesh_lib
+from roformer_jax.train.faults import NONFINITE_POLICIES
 
 VALID_DTYPES = ("float32", "bfloat16", "float16")
 # The values of `config.task`; `inputs.load_task_data` builds each.
@@ -95,6 +101,43 @@ def _check_attention(model: ModelConfig) -> None:
     _check_positive("model.linear_chunk_size", model.linear_chunk_size)
 
 
+def _check_kernel_and_remat(model: ModelConfig) -> None:
+    """Check attention_impl, attention_chunk_size and remat."""
+    if model.attention_impl not in IMPLEMENTATIONS:
+        raise ConfigError(
+            f"model.attention_impl={model.attention_impl!r} is invalid; use one "
+            f"of {list(IMPLEMENTATIONS)}."
+        )
+    _check_positive("model.attention_chunk_size", model.attention_chunk_size)
+    if model.remat not in REMAT_POLICIES:
+        raise ConfigError(
+            f"model.remat={model.remat!r} is invalid; use one of "
+            f"{list(REMAT_POLICIES)}."
+        )
+    if model.attention == "linear" and model.attention_impl not in ("auto", "xla"):
+        raise ConfigError(
+            f"model.attention_impl={model.attention_impl!r} picks a softmax "
+            "kernel, but model.attention='linear' never runs one; set "
+            "model.attention_impl='auto' or model.attention='softmax'."
+        )
+    if model.attention != "softmax" or model.attention_impl != "chunked":
+        return
+    if model.position_encoding not in CHUNKED_ATTENTION_ENCODINGS:
+        raise ConfigError(
+            "model.attention_impl='chunked' with model.position_encoding="
+            f"{model.position_encoding!r}: this encoding adds a T x S logit "
+            "bias or reads the attention weights, which the chunked path never "
+            f"forms. Use one of {list(CHUNKED_ATTENTION_ENCODINGS)}, or "
+            "model.attention_impl='xla'."
+        )
+    if model.attention_dropout_rate > 0:
+        raise ConfigError(
+            "model.attention_impl='chunked' has no attention dropout, but "
+            f"model.attention_dropout_rate={model.attention_dropout_rate}; set "
+            "it to 0, or use model.attention_impl='xla'."
+        )
+
+
 def _check_model(config, model: ModelConfig) -> None:
     names = position_encodings.registered_names()
     if model.position_encoding not in names:
@@ -112,6 +155,7 @@ def _check_model(config, model: ModelConfig) -> None:
             f"model.dtype={model.dtype!r} is invalid; use one of {VALID_DTYPES}."
         )
     _check_attention(model)
+    _check_kernel_and_remat(model)
     try:
         validate_rope_options(model)
     except ValueError as error:
@@ -182,6 +226,15 @@ def validate_config(config, *, device_count: int, vocab_size: int = 1) -> ModelC
     ):
         _check_positive(f"train.{name}", train[name])
     _check_positive("data.seq_len", config.data.seq_len)
+    policy = train.get("nonfinite_policy", "stop")
+    if policy not in NONFINITE_POLICIES:
+        raise ConfigError(
+            f"train.nonfinite_policy={policy!r} is invalid; use one of "
+            f"{list(NONFINITE_POLICIES)}."
+        )
+    _check_positive(
+        "train.max_consecutive_skips", train.get("max_consecutive_skips", 3)
+    )
     if not 0 <= config.optim.warmup_steps <= train.num_train_steps:
         raise ConfigError(
             f"optim.warmup_steps={config.optim.warmup_steps} must be between 0 "
