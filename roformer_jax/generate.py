@@ -333,20 +333,33 @@ class TextCodec:
     encode: Callable[[str], Sequence[int]]
     decode: Callable[[Sequence[int]], str]
     pad_id: int = 0
+    unk_id: int | None = None  # What text outside the vocabulary encodes to.
     mask_id: int | None = None
     prefix_ids: tuple[int, ...] = ()
     suffix_ids: tuple[int, ...] = ()
     special_ids: frozenset[int] = frozenset()
 
     def single_token(self, text: str) -> int:
-        """The id of `text`, which must encode to exactly one token."""
-        ids = list(self.encode(text))
+        """The id of `text`, which must encode to exactly one known token."""
+        ids = [int(token) for token in self.encode(text)]
         if len(ids) != 1:
             raise ValueError(
                 f"Stop text {text!r} encodes to {len(ids)} tokens {ids}; a stop "
                 "text must be exactly one token of the vocabulary."
             )
-        return int(ids[0])
+        if ids[0] == self.unk_id:
+            raise ValueError(
+                f"Stop text {text!r} is not in the vocabulary (it encodes to the "
+                "unknown token), so it could never end generation; pick a text "
+                "the vocabulary holds."
+            )
+        return ids[0]
+
+    def unknown_pieces(self, text: str) -> int:
+        """How many tokens of `text` are the unknown token."""
+        if self.unk_id is None:
+            return 0
+        return sum(int(token) == self.unk_id for token in self.encode(text))
 
 
 def generate_text(
@@ -393,10 +406,14 @@ def fill_mask(
     """Predict the tokens hidden by each mask token in `text`.
 
     `model` is a bidirectional (masked) `LanguageModel`; every mask is
-    predicted from the same input, not one after another.
+    predicted from the same input, not one after another. Probabilities
+    exclude the special tokens ([CLS], [MASK], ...) and sum to 1 over the
+    rest, so they can differ slightly from a pipeline that keeps them.
     """
     if codec.mask_id is None:
         raise ValueError("This model's vocabulary has no mask token to fill.")
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k} must be at least 1.")
     ids = [*codec.prefix_ids, *codec.encode(text), *codec.suffix_ids]
     where = [i for i, token in enumerate(ids) if token == codec.mask_id]
     if not where:
@@ -409,10 +426,12 @@ def fill_mask(
     logits = _masked_logits(
         model, params, tokens, positions, jnp.asarray([where], jnp.int32)
     )[0]
-    # Special tokens are never the answer.
+    # Special tokens are never the answer, so the probabilities are
+    # renormalised over the other tokens.
     special = jnp.asarray(sorted(codec.special_ids), jnp.int32)
     logits = logits.at[:, special].set(-jnp.inf) if codec.special_ids else logits
     probabilities = jax.nn.softmax(logits, axis=-1)
+    top_k = min(top_k, probabilities.shape[-1] - len(codec.special_ids))
     top_probabilities, top_ids = jax.lax.top_k(probabilities, top_k)
     predictions = []
     for index, (row_ids, row_probabilities) in enumerate(

@@ -8,6 +8,8 @@ Running the same command again resumes from the latest checkpoint in DIR.
 
 import logging
 import os
+import pathlib
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -38,6 +40,21 @@ USER_INPUT_ERRORS = (
 )
 
 FLAGS = flags.FLAGS
+
+
+def _make_configs_importable(argv: list[str]) -> None:
+    """Let config files import their siblings (`from configs import ...`)
+    from any working directory, by putting the folder that holds their
+    `configs/` package on the import path."""
+    for argument in argv:
+        if argument.startswith("--config="):
+            path = pathlib.Path(argument.removeprefix("--config=").split(":")[0])
+            folder = path.resolve().parent
+            if folder.name == "configs" and (folder / "__init__.py").exists():
+                sys.path.insert(0, str(folder.parent))
+
+
+_make_configs_importable(sys.argv)
 config_flags.DEFINE_config_file(
     "config",
     None,

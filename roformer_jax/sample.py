@@ -39,7 +39,9 @@ def define_flags() -> None:
     flags.DEFINE_bool(
         "use_cache", True, "Decode with the key/value cache (--nouse_cache recomputes)."
     )
-    flags.DEFINE_integer("fill_top_k", 5, "Masked LM: candidates shown per mask.")
+    flags.DEFINE_integer(
+        "fill_top_k", 5, "Masked LM: candidates shown per mask.", lower_bound=1
+    )
     flags.mark_flags_as_mutual_exclusive(["workdir", "hf_dir"], required=True)
 
 
@@ -66,6 +68,14 @@ def main(argv) -> None:
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs each restore step.
+    try:
+        _sample()
+    except (ValueError, FileNotFoundError) as error:
+        # The messages name the bad value and the fix; a traceback adds noise.
+        sys.exit(f"{type(error).__name__}: {error}")
+
+
+def _sample() -> None:
     if not FLAGS.prompt:
         sys.exit("Give at least one --prompt.")
     if FLAGS.hf_dir:
@@ -73,6 +83,16 @@ def main(argv) -> None:
     else:
         loaded = inference.load_workdir(FLAGS.workdir)
     prompts = [_unescape(prompt) for prompt in FLAGS.prompt]
+    for index, prompt in enumerate(prompts):
+        unknown = loaded.codec.unknown_pieces(prompt)
+        if unknown:
+            logging.warning(
+                "Prompt %d has %d tokens outside the vocabulary; the model sees "
+                "them as the unknown token: %r",
+                index,
+                unknown,
+                prompt,
+            )
     if loaded.task == "masked_lm":
         for prompt in prompts:
             _print_fill_mask(loaded, prompt)
@@ -87,6 +107,15 @@ def main(argv) -> None:
         ),
         pad_id=loaded.codec.pad_id,
     )
+    longest = max(len(loaded.codec.encode(prompt)) for prompt in prompts)
+    total = longest + sampling.max_new_tokens
+    if loaded.trained_length and total > loaded.trained_length:
+        logging.warning(
+            "Prompt and new tokens reach %d tokens, beyond the %d the model was "
+            "trained on; quality past that length is untested.",
+            total,
+            loaded.trained_length,
+        )
     started = time.perf_counter()
     texts = generate.generate_text(
         loaded.model,

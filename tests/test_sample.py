@@ -101,6 +101,18 @@ def test_stop_text_must_be_one_token(char_lm_workdir):
         codec.single_token("no such token")
 
 
+def test_stop_text_outside_the_vocabulary_is_refused(char_lm_workdir):
+    codec = inference.load_workdir(char_lm_workdir).codec
+    with pytest.raises(ValueError, match="'你' is not in the vocabulary"):
+        codec.single_token("你")
+
+
+def test_unknown_prompt_characters_are_counted(char_lm_workdir):
+    codec = inference.load_workdir(char_lm_workdir).codec
+    assert codec.unknown_pieces("ROMEO") == 0
+    assert codec.unknown_pieces("RO你好MEO é") == 3
+
+
 def test_masked_lm_fills_masks_from_the_command_line(masked_lm_workdir):
     """Two masks give two lines of 3 candidates, none a special token."""
     result = run_sample(
@@ -109,6 +121,7 @@ def test_masked_lm_fills_masks_from_the_command_line(masked_lm_workdir):
         "--fill_top_k=3",
     )
     assert result.returncode == 0, result.stderr
+    assert "mask 0" not in result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0] == "the city is the [MASK] of the [MASK] ."
     assert [line.split(":")[0].strip() for line in lines[1:]] == ["mask 0", "mask 1"]
@@ -201,5 +214,5 @@ def test_hf_encoder_is_refused(tmp_path):
         intermediate_size=32,
     )
     transformers.RoFormerModel(config).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="'encoder' model"):
+    with pytest.raises(ValueError, match="with the 'encoder' head"):
         inference.load_huggingface_model(str(tmp_path))

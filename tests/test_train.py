@@ -250,3 +250,29 @@ def test_config_lists_every_model_field():
     assert fields - set(config.model) == {"vocab_size"}
     defaults = ModelConfig(vocab_size=1)
     assert config.model.rope_scaling == defaults.rope_scaling
+
+
+def test_command_line_runs_outside_the_repository(tmp_path):
+    """A config that imports its siblings (`from configs import ...`) loads
+    when the command runs from another directory."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cail = root / ".." / "shared" / "data" / "cail2019_scm" / "input.txt"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "roformer_jax.main",
+            f"--config={root / 'configs' / 'mlm_pretrain.py'}:corpus=cail2019_scm,smoke",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.data.corpus_path={cail}",
+            "--config.train.num_train_steps=1",
+            "--config.optim.warmup_steps=0",
+            "--config.train.tensorboard=False",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "step 1/1" in result.stderr

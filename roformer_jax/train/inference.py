@@ -35,6 +35,9 @@ class InferenceModel:
     codec: TextCodec
     task: str  # causal_lm or masked_lm
     step: int | None  # The checkpoint's step; None for imported weights.
+    # The longest sequence it was trained on (data.seq_len), or for imported
+    # weights max_position_embeddings; None when unknown.
+    trained_length: int | None = None
 
 
 def codec_from_tokenizer(tokenizer: Tokenizer) -> TextCodec:
@@ -42,6 +45,7 @@ def codec_from_tokenizer(tokenizer: Tokenizer) -> TextCodec:
         encode=tokenizer.encode,
         decode=tokenizer.decode,
         pad_id=tokenizer.pad_id,
+        unk_id=tokenizer.unk_id,
         mask_id=tokenizer.mask_id,
         prefix_ids=(tokenizer.cls_id,),
         suffix_ids=(tokenizer.sep_id,),
@@ -70,6 +74,7 @@ def _codec(config, workdir: str) -> tuple[TextCodec, int]:
             encode=vocab.encode,
             decode=vocab.decode,
             pad_id=UNK_ID,
+            unk_id=UNK_ID,
             special_ids=frozenset({UNK_ID}),
         ),
         vocab.size,
@@ -109,6 +114,7 @@ def load_workdir(workdir: str) -> InferenceModel:
         codec=codec,
         task=task,
         step=restored.step,
+        trained_length=config.data.get("seq_len"),
     )
 
 
@@ -123,8 +129,9 @@ def load_huggingface_model(directory: str) -> InferenceModel:
     imported = load_huggingface(directory)
     if imported.head not in ("masked_lm", "causal_lm"):
         raise ValueError(
-            f"{directory!r} holds a {imported.head!r} model; sampling and "
-            "fill-mask need RoFormerForMaskedLM or RoFormerForCausalLM."
+            f"{directory!r} holds a model with the {imported.head!r} head; sampling "
+            "and fill-mask need RoFormerForMaskedLM or RoFormerForCausalLM (in "
+            "Python, roformer_jax.interop.load_huggingface reads any head)."
         )
     tokenizer = Tokenizer.from_huggingface(directory)
     model_config = dataclasses.replace(imported.model_config, dropout_rate=0.0)
@@ -134,4 +141,5 @@ def load_huggingface_model(directory: str) -> InferenceModel:
         codec=codec_from_tokenizer(tokenizer),
         task=imported.head,
         step=None,
+        trained_length=model_config.max_position_embeddings,
     )
