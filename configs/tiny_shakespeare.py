@@ -45,9 +45,9 @@ def model_group() -> ml_collections.ConfigDict:
     model.favor_num_features = 128  # favor: random features M per head.
     model.favor_redraw_steps = 1000  # favor: redraw every N train steps; 0 never.
     model.linear_chunk_size = 128  # linear, causal: tokens per prefix-sum chunk.
-    # Softmax kernel: auto (cudnn on GPU, pallas on TPU, else xla), xla,
-    # chunked (O(T) memory; no bias encodings, no attention dropout), cudnn
-    # or pallas (xla with one warning where they cannot run).
+    # Softmax kernel. auto takes cudnn on a GPU, pallas on a TPU, else xla.
+    # chunked uses O(T) memory and rejects bias encodings and attention dropout.
+    # cudnn and pallas run xla, with one warning, where they cannot run.
     model.attention_impl = "auto"
     model.attention_chunk_size = 512  # chunked: queries and keys per block.
     model.remat = "none"  # Recompute in backward: none, block or dots_saveable.

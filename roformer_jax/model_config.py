@@ -38,6 +38,10 @@ class ModelConfig:
     favor_num_features: int = 128  # favor: random features M per head.
     favor_redraw_steps: int = 1000  # favor: redraw every N train steps; 0 never.
     linear_chunk_size: int = 128  # linear, causal: tokens per prefix-sum chunk.
+    # Softmax kernel: auto, xla, chunked, cudnn or pallas (see SelfAttention).
+    attention_impl: str = "auto"
+    attention_chunk_size: int = 512  # chunked: queries and keys per block.
+    remat: str = "none"  # Recompute in backward: none, block or dots_saveable.
 
     # Options of particular position encodings; others ignore them.
     relative_num_buckets: int = (

@@ -2,8 +2,11 @@
 
 Dimension alphabet: B batch, T query length, S key length. Masks here are
 `[B, 1, T, S]` (or `[1, 1, T, S]`) so they broadcast over heads.
+`SegmentMask` holds the same information as `[B, T]` and `[B, S]` segment ids
+and a causal flag, for attention paths that never build the T x S mask.
 """
 
+import flax
 import jax
 import jax.numpy as jnp
 
@@ -43,3 +46,27 @@ def combine(*masks: Array | None) -> Array | None:
     for mask in present[1:]:
         result = jnp.logical_and(result, mask)
     return result
+
+
+@flax.struct.dataclass
+class SegmentMask:
+    """The self-attention mask in O(T + S) memory: segment ids and a causal flag.
+
+    `dense()` is `segment_mask` AND (if `causal`) `causal_mask`, the mask that
+    `roformer_jax.models.layers.attention_mask` builds. Attention paths that
+    work on blocks (chunked, Pallas flash) read the ids and build each block's
+    mask themselves.
+    """
+
+    q_segment_ids: Array  # [B, T] int; 0 marks padding.
+    k_segment_ids: Array  # [B, S] int; 0 marks padding.
+    causal: bool = flax.struct.field(pytree_node=False, default=False)
+
+    def dense(self) -> Array:
+        """Build the bool `[B, 1, T, S]` mask, True where attention is allowed."""
+        causal = None
+        if self.causal:
+            causal = causal_mask(
+                self.q_segment_ids.shape[1], self.k_segment_ids.shape[1]
+            )
+        return combine(segment_mask(self.q_segment_ids, self.k_segment_ids), causal)

@@ -7,6 +7,7 @@ Parameters carry logical sharding axes (`vocab`, `embed`, `heads`, `kv`,
 """
 
 import functools
+import logging
 import zlib
 
 import flax
@@ -16,10 +17,12 @@ import jax.numpy as jnp
 
 from roformer_jax import positions as position_encodings
 from roformer_jax import rotary
-from roformer_jax.attention import linear, masks, softmax
+from roformer_jax.attention import chunked, linear, masks, softmax
 from roformer_jax.model_config import ModelConfig
 
 Array = jax.Array
+
+logger = logging.getLogger(__name__)
 
 
 def dense_init(config: ModelConfig, axes: tuple[str | None, ...]):
@@ -104,9 +107,62 @@ class Embeddings(nn.Module):
 # never forms.
 LINEAR_ATTENTION_ENCODINGS = ("none", "learned", "sinusoidal", "rope")
 
+# Position encodings that the chunked softmax path can use: those that add
+# nothing to the logits and never read the attention weights. The others
+# return a [B or 1, N or 1, T, S] bias (or need the weights), which is the
+# T x S memory the chunked path avoids.
+CHUNKED_ATTENTION_ENCODINGS = (
+    "none",
+    "learned",
+    "sinusoidal",
+    "rope",
+    "rope_learned",
+    "rope_2d",
+    "xpos",
+)
+
+# Values of `ModelConfig.remat`; `block_class` reads them.
+REMAT_POLICIES = ("none", "block", "dots_saveable")
+
+# (attention_impl, reason) pairs already logged by `_warn_fallback`.
+_LOGGED_FALLBACKS: set[tuple[str, str]] = set()
+
+
+def _warn_fallback(requested: str, reason: str) -> None:
+    """Log once per process and reason that an attention path fell back to xla."""
+    if (requested, reason) in _LOGGED_FALLBACKS:
+        return
+    _LOGGED_FALLBACKS.add((requested, reason))
+    logger.warning(
+        "model.attention_impl=%r cannot run because %s; using the xla path. "
+        "This warning is logged once per reason.",
+        requested,
+        reason,
+    )
+
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with the configured position encoding."""
+    """Multi-head self-attention with the configured position encoding.
+
+    `config.attention_impl` picks the softmax kernel (`softmax.IMPLEMENTATIONS`):
+
+    - "xla": `softmax.fused_attention`, or the einsum path when attention
+      dropout is active or the encoding reads the weights (Shaw).
+    - "chunked": `chunked.chunked_attention`, O(T * chunk) memory. It needs an
+      encoding in `CHUNKED_ATTENTION_ENCODINGS` and raises ValueError for
+      others, and in training it raises ValueError when
+      `attention_dropout_rate` > 0 rather than fall back to the T x S path.
+    - "cudnn" and "pallas": the GPU and TPU flash kernels. When the backend,
+      dtype, head dim, bias, dropout or encoding rules them out
+      (`softmax.select_implementation`), they fall back to "xla" and log one
+      warning per reason.
+    - "auto": cudnn on a GPU and pallas on a TPU where they can run, else xla,
+      without a warning.
+
+    The non-xla paths need the mask as a `masks.SegmentMask`, which
+    `Transformer` passes. Given a dense `[B, 1, T, S]` mask, as in cached
+    decoding, every setting runs the xla path.
+    """
 
     config: ModelConfig
 
@@ -126,7 +182,10 @@ class SelfAttention(nn.Module):
         # A key is visible to some query exactly when it is not padding.
         # NOTE: only padding is masked. Packed documents (several segment ids
         # in a row) would attend to each other.
-        key_mask = None if mask is None else jnp.any(mask, axis=(1, 2))
+        if isinstance(mask, masks.SegmentMask):
+            key_mask = mask.k_segment_ids != 0
+        else:
+            key_mask = None if mask is None else jnp.any(mask, axis=(1, 2))
         if config.linear_feature_map == "elu":
             q_features, k_features = (
                 linear.elu_feature_map(q),
@@ -168,9 +227,11 @@ class SelfAttention(nn.Module):
     ):
         """Attend over `x`, or over the key/value cache when `cache` is given.
 
-        In decoding, the `[B, T]` new tokens write their keys and values at
-        slots `cache.start` onwards, and the queries attend over all `S`
-        slots, with `mask` `[B, 1, T, S]` hiding empty slots and padding.
+        `mask` is a `masks.SegmentMask`, or a bool `[B, 1, T, S]` array that
+        is True where attention is allowed. In decoding, the `[B, T]` new
+        tokens write their keys and values at slots `cache.start` onwards,
+        and the queries attend over all `S` slots, with the `[B, 1, T, S]`
+        mask hiding empty slots and padding.
         Keys and values are cached before the position encoding, which then
         sees each key at its own position, so every encoding decodes the way
         it trains.
@@ -204,8 +265,32 @@ class SelfAttention(nn.Module):
             k_positions = cache.key_positions
         encoding = position_encodings.get(config.position_encoding)
         position = encoding(config, name="position")
+        # NOTE: on the XLA CPU backend (jax 0.10.2) the forward rotation of q
+        # and k fuses with the projection's bias add and transpose, so it adds
+        # no pass over them. The backward pass of the interleaved layout does
+        # add pad fusions over dq and dk, and GPU and TPU fusion is unchecked.
         q, k, v, bias = position.transform(q, k, v, positions, k_positions)
         use_dropout = not deterministic and config.attention_dropout_rate > 0.0
+        segments = mask if isinstance(mask, masks.SegmentMask) else None
+        implementation = self._implementation(position, bias, use_dropout, segments)
+        if implementation == "chunked":
+            out = chunked.chunked_attention(
+                q,
+                k,
+                v,
+                q_segment_ids=segments.q_segment_ids,
+                k_segment_ids=segments.k_segment_ids,
+                causal=segments.causal,
+                chunk_size=config.attention_chunk_size,
+            )
+            return self._output(out)
+        if implementation == "cudnn":
+            return self._output(softmax.cudnn_attention(q, k, v, mask=segments))
+        if implementation == "pallas":
+            out = softmax.pallas_attention(q, k, v, mask=segments, bias=bias)
+            return self._output(out)
+        if segments is not None:
+            mask = segments.dense()
         if not (position.needs_attention_weights or use_dropout):
             out = softmax.fused_attention(q, k, v, mask=mask, bias=bias)
         else:
@@ -223,6 +308,40 @@ class SelfAttention(nn.Module):
             if offsets is not None:
                 out = out + offsets.astype(out.dtype)
         return self._output(out)
+
+    def _implementation(self, position, bias, use_dropout, segments) -> str:
+        """Return the softmax path to run, raising for what chunked cannot do."""
+        config = self.config
+        if config.attention_impl == "chunked" and segments is not None:
+            if bias is not None or position.needs_attention_weights:
+                raise ValueError(
+                    "model.attention_impl='chunked' cannot run "
+                    f"model.position_encoding={config.position_encoding!r}, "
+                    "which adds a T x S logit bias or reads the attention "
+                    "weights. Use an encoding in "
+                    f"{list(CHUNKED_ATTENTION_ENCODINGS)}, or "
+                    "model.attention_impl='xla'."
+                )
+            if use_dropout:
+                raise ValueError(
+                    "model.attention_impl='chunked' has no attention dropout, "
+                    "but model.attention_dropout_rate="
+                    f"{config.attention_dropout_rate} applies in training. Set "
+                    "it to 0, or use model.attention_impl='xla'."
+                )
+        implementation, reason = softmax.select_implementation(
+            config.attention_impl,
+            backend=softmax.current_backend(),
+            dtype=config.dtype,
+            head_dim=config.head_dim,
+            has_bias=bias is not None,
+            needs_weights=position.needs_attention_weights,
+            dropout=use_dropout,
+            has_segment_ids=segments is not None,
+        )
+        if reason is not None:
+            _warn_fallback(config.attention_impl, reason)
+        return implementation
 
     def _update_cache(self, k, v, start):
         """Write `[B, T, N, H]` keys and values at slot `start` of the cache
@@ -280,7 +399,11 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """One transformer layer, post-LayerNorm (BERT, RoFormer) or pre-LayerNorm."""
+    """One transformer layer, post-LayerNorm (BERT, RoFormer) or pre-LayerNorm.
+
+    `deterministic` may be passed by position, which `nn.remat` needs to
+    treat it as static (`block_class`).
+    """
 
     config: ModelConfig
 
@@ -290,8 +413,7 @@ class Block(nn.Module):
         x,
         positions,
         mask,
-        *,
-        deterministic: bool,
+        deterministic: bool = True,
         cache: "DecodeCache | None" = None,
     ):
         config = self.config
@@ -315,6 +437,36 @@ class Block(nn.Module):
         x = norm_attention(x + dropout(y, deterministic=deterministic))
         y = feed_forward(x, deterministic=deterministic)
         return norm_feed_forward(x + dropout(y, deterministic=deterministic))
+
+
+def block_class(config: ModelConfig) -> type[Block]:
+    """Return `Block`, or `Block` under `nn.remat` as `config.remat` selects.
+
+    "block" saves only each block's inputs and recomputes the rest in the
+    backward pass. "dots_saveable" also saves the outputs of matmuls without
+    batch dimensions (`jax.checkpoint_policies.dots_with_no_batch_dims_saveable`),
+    which are the dense projections, and recomputes the rest, the attention
+    scores included.
+    The wrapped class takes the same parameters under the same names, so
+    checkpoints load either way. Call it as
+    `block(x, positions, mask, deterministic, cache)` with `deterministic`
+    by position.
+
+    NOTE: the XLA CPU backend of jax 0.10.2 reports the same compiled temp
+    memory with and without remat (`memory_analysis()`), and the saving on a
+    GPU or TPU has not been measured in this repository.
+    """
+    if config.remat not in REMAT_POLICIES:
+        raise ValueError(
+            f"model.remat={config.remat!r} is invalid; use one of {REMAT_POLICIES}."
+        )
+    if config.remat == "none":
+        return Block
+    policy = None
+    if config.remat == "dots_saveable":
+        policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    # Argument 4 of Block.__call__, counting self as 0, is `deterministic`.
+    return nn.remat(Block, static_argnums=(4,), policy=policy)
 
 
 def attention_mask(config: ModelConfig, segment_ids: Array) -> Array:

@@ -10,12 +10,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from roformer_jax.attention import masks
 from roformer_jax.model_config import ModelConfig
 from roformer_jax.models.layers import (
-    Block,
     DecodeState,
     Embeddings,
-    attention_mask,
+    block_class,
     dense_init,
     layer_norm,
 )
@@ -31,8 +31,9 @@ class Transformer(nn.Module):
     def setup(self):
         config = self.config
         self.embeddings = Embeddings(config)
+        block = block_class(config)
         self.blocks = [
-            Block(config, name=f"layer_{i}") for i in range(config.num_layers)
+            block(config, name=f"layer_{i}") for i in range(config.num_layers)
         ]
         if config.pre_layer_norm:
             self.final_layer_norm = layer_norm(config, "final_layer_norm")
@@ -65,9 +66,14 @@ class Transformer(nn.Module):
                 )
             cache, mask = self.decode_state(positions, segment_ids)
         else:
-            mask = attention_mask(self.config, segment_ids)
+            # Each layer builds the [B, 1, T, S] mask from the ids only if its
+            # attention path needs it, so the chunked path never does.
+            mask = masks.SegmentMask(
+                segment_ids, segment_ids, causal=self.config.causal
+            )
         for block in self.blocks:
-            x = block(x, positions, mask, deterministic=deterministic, cache=cache)
+            # `deterministic` by position, as `block_class` requires.
+            x = block(x, positions, mask, deterministic, cache)
         if self.config.pre_layer_norm:
             x = self.final_layer_norm(x)
         return x
