@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import bz2
 import logging
+import lzma
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from roformer_jax.data.tiny_shakespeare import (
     MANUAL_DIR_FLAG,
     SPLITS,
     DatasetUnavailableError,
+    SourceFileError,
     _FailFastDownloadManager,
 )
 
@@ -49,6 +52,22 @@ TRAIN_PERCENT = 90
 VALIDATION_PERCENT = 5
 
 logger = logging.getLogger(__name__)
+
+# Errors of zipfile for a damaged archive besides BadZipFile. EOFError is a
+# compressed member cut short, and zlib.error, lzma.LZMAError or OSError (from
+# bz2) a corrupt one. NotImplementedError is an unknown compression method and
+# RuntimeError an encrypted member. OSError is also a seek to a negative
+# offset, and UnicodeDecodeError (a ValueError) a member name flagged as UTF-8
+# that is not.
+_DAMAGED_ZIP_ERRORS = (
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+)
 
 
 def split_bytes(data: bytes, total: int | None) -> tuple[bytes, bytes, bytes]:
@@ -90,14 +109,19 @@ def _read_zip_member(archive: Path) -> bytes:
         with zipfile.ZipFile(archive) as zip_file:
             return zip_file.read(ENWIK8_FILENAME)
     except zipfile.BadZipFile as error:
-        raise ValueError(
+        raise SourceFileError(
             f"{archive} is not a valid zip archive ({error}). Download it again "
             f"from {ENWIK8_URL}."
         ) from error
     except KeyError as error:
-        raise ValueError(
+        raise SourceFileError(
             f"{archive} has no member named {ENWIK8_FILENAME!r}. The archive from "
             f"{ENWIK8_URL} contains exactly this member."
+        ) from error
+    except _DAMAGED_ZIP_ERRORS as error:
+        raise SourceFileError(
+            f"{archive} is a damaged zip archive ({type(error).__name__}: {error}). "
+            f"Download it again from {ENWIK8_URL}."
         ) from error
 
 
@@ -141,10 +165,18 @@ def _read_excerpt(path: Path) -> bytes:
             f"{path} not found: with source_file={path.name!r} the manual dir must "
             "contain that MediaWiki XML dump (plain XML or .bz2)."
         )
-    if path.suffix == ".bz2":
+    if path.suffix != ".bz2":
+        return path.read_bytes()
+    try:
         with bz2.open(path, "rb") as file:
             return file.read()
-    return path.read_bytes()
+    except (OSError, EOFError) as error:
+        # bz2 raises OSError for data that is not bz2 and EOFError for a
+        # truncated stream.
+        raise SourceFileError(
+            f"{path} could not be decompressed as bz2 ({error}). Pass an "
+            "uncorrupted .bz2 dump, or decompress it and pass the .xml file."
+        ) from error
 
 
 class Enwik8(tfds.core.GeneratorBasedBuilder):
@@ -260,11 +292,13 @@ class Enwik8(tfds.core.GeneratorBasedBuilder):
 
         if manual_dir is None:
             data, source_name = _download_official(dl_manager), ENWIK8_ZIP_FILENAME
+            source = ENWIK8_URL
         else:
             data, source_name = _read_official_manual(manual_dir)
+            source = str(manual_dir / source_name)
         if len(data) < ENWIK8_BYTES:
-            raise ValueError(
-                f"{source_name} contains {len(data)} bytes, but enwik8 has "
+            raise SourceFileError(
+                f"{source} contains {len(data)} bytes, but enwik8 has "
                 f"{ENWIK8_BYTES}: the file is truncated or is not enwik8. Download "
                 f"it again from {ENWIK8_URL}."
             )
@@ -312,8 +346,10 @@ def load_byte_splits(
     Raises:
       DatasetUnavailableError: not prepared, no manual dir, and the download failed.
       FileNotFoundError: not prepared and `manual_dir` lacks the expected file.
-      ValueError: the source file is invalid, or the prepared excerpt came from
-        another `source_file`.
+      SourceFileError: the source file is a damaged archive, is not valid bz2,
+        or is shorter than enwik8. The message names the file.
+      ValueError: the prepared excerpt came from another `source_file`, or the
+        arguments conflict.
     """
     builder = Enwik8(data_dir=data_dir, source_file=source_file)
     download_config = tfds.download.DownloadConfig(

@@ -202,14 +202,22 @@ class _InvalidRows:
 # --- CAIL2019-SCM ------------------------------------------------------------
 
 
+def _invalid_json_problem(error: ValueError | RecursionError, text: str) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        detail = f"{error.msg} at column {error.colno}"
+    else:
+        # json raises ValueError for an integer of more than
+        # sys.get_int_max_str_digits() digits and RecursionError for deeply
+        # nested arrays or objects.
+        detail = str(error)
+    return f"invalid JSON ({detail}) in {_shorten(text.rstrip())}"
+
+
 def _parse_triplet(text: str) -> tuple[str, str, str]:
     try:
         row = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise _RowProblem(
-            f"invalid JSON ({error.msg} at column {error.colno}) in "
-            f"{_shorten(text.rstrip())}"
-        ) from error
+    except (ValueError, RecursionError) as error:
+        raise _RowProblem(_invalid_json_problem(error, text)) from error
     if not isinstance(row, dict):
         raise _RowProblem(
             f"expected a JSON object with keys {list(CAIL_KEYS)}, found "
@@ -455,11 +463,8 @@ def _jsonl_rows(lines: Iterable[_Line]) -> Iterator[_Record]:
             continue
         try:
             row = json.loads(line.text)
-        except json.JSONDecodeError as error:
-            problem = (
-                f"invalid JSON ({error.msg} at column {error.colno}) in "
-                f"{_shorten(line.text.rstrip())}"
-            )
+        except (ValueError, RecursionError) as error:
+            problem = _invalid_json_problem(error, line.text)
             yield _Record(line.number, None, problem)
             continue
         if not isinstance(row, dict):

@@ -36,6 +36,10 @@ class DatasetUnavailableError(RuntimeError):
     """The dataset is not prepared and its source text cannot be downloaded."""
 
 
+class SourceFileError(ValueError):
+    """A source file in the manual dir is not in the format that the builder reads."""
+
+
 def _manual_dir_hint() -> str:
     return (
         f"Pass {MANUAL_DIR_FLAG}=DIR where DIR contains {INPUT_FILENAME} "
@@ -153,7 +157,22 @@ class TinyShakespeare(_UpstreamBuilder, skip_registration=True):
                 f"{path} not found: the manual dir must contain {INPUT_FILENAME}, "
                 "the Tiny Shakespeare text (e.g. from the char-rnn repository)."
             )
+        _check_utf8(path)
         return super()._split_generators(_LocalFileDownloadManager(path))
+
+
+def _check_utf8(path: Path) -> None:
+    """Raise SourceFileError unless `path` is UTF-8, which the upstream builder decodes."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise SourceFileError(
+            f"{path}, line {line}: invalid UTF-8 ({error.reason} at byte "
+            f"{error.start} of the file). {INPUT_FILENAME} must be UTF-8 text. "
+            "Convert it, for example with iconv -f <its encoding> -t utf-8."
+        ) from error
 
 
 def load_text_splits(*, data_dir: str | None, manual_dir: str | None) -> dict[str, str]:
@@ -172,6 +191,7 @@ def load_text_splits(*, data_dir: str | None, manual_dir: str | None) -> dict[st
     Raises:
       DatasetUnavailableError: not prepared, no manual dir, and the download failed.
       FileNotFoundError: not prepared and `manual_dir` has no `input.txt`.
+      SourceFileError: not prepared and `input.txt` in `manual_dir` is not UTF-8.
     """
     builder = TinyShakespeare(data_dir=data_dir)
     download_config = tfds.download.DownloadConfig(

@@ -790,7 +790,10 @@ def _read_config(path: Path) -> tuple[TokenizerSpec, int]:
     data = _read_bytes(path, "Tokenizer file", _SAVED_DIRECTORY_HINT)
     try:
         config = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:
+        # ValueError covers UnicodeDecodeError, JSONDecodeError and integers
+        # of more than sys.get_int_max_str_digits() digits, and json raises
+        # RecursionError for deeply nested arrays or objects.
         raise TokenizerError(
             f"Invalid tokenizer file {path}: not UTF-8 JSON ({error}). {fix}"
         ) from error
@@ -871,7 +874,8 @@ def _read_json_object(path: Path) -> dict | None:
         ) from error
     try:
         value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:
+        # The same errors as in _read_config.
         raise TokenizerError(
             f"Invalid JSON file {path}: {error}. {_HUGGINGFACE_DIRECTORY_HINT}"
         ) from error

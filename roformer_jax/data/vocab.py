@@ -15,6 +15,10 @@ FILE_FORMAT = "roformer_jax.char_vocab"
 FILE_VERSION = 1
 
 
+class VocabFileError(ValueError):
+    """A vocabulary file that is not UTF-8 JSON in the format of `CharVocab.save`."""
+
+
 class CharVocab:
     """Mapping between characters (Unicode code points) and int32 ids.
 
@@ -130,40 +134,47 @@ class CharVocab:
 
         Raises:
           FileNotFoundError: `path` does not exist.
-          ValueError: the file is not a vocabulary file of this format.
+          VocabFileError: the file is not a UTF-8 JSON vocabulary file of this
+            format. The message names the file.
         """
         path = os.fspath(path)
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
+        with open(path, "rb") as file:
+            data = file.read()
         try:
-            payload = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"Invalid vocabulary file {path}: not valid JSON ({error})."
+            payload = json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError) as error:
+            # ValueError covers UnicodeDecodeError, JSONDecodeError and integers
+            # of more than sys.get_int_max_str_digits() digits, and json raises
+            # RecursionError for deeply nested arrays or objects.
+            raise VocabFileError(
+                f"Invalid vocabulary file {path}: not valid UTF-8 JSON ({error}). "
+                "Write the vocabulary again with CharVocab.save."
             ) from error
 
         if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-            raise ValueError(
+            raise VocabFileError(
                 f"Invalid vocabulary file {path}: expected a JSON object with "
                 f'"format": "{FILE_FORMAT}".'
             )
         if payload.get("version") != FILE_VERSION:
-            raise ValueError(
+            raise VocabFileError(
                 f"Invalid vocabulary file {path}: version {payload.get('version')!r} "
                 f"is not supported (expected {FILE_VERSION})."
             )
         if payload.get("unk_id") != UNK_ID:
-            raise ValueError(
+            raise VocabFileError(
                 f"Invalid vocabulary file {path}: unk_id must be {UNK_ID}, "
                 f"got {payload.get('unk_id')!r}."
             )
         chars = payload.get("chars")
         if not isinstance(chars, list):
-            raise ValueError(f'Invalid vocabulary file {path}: "chars" must be a list.')
+            raise VocabFileError(
+                f'Invalid vocabulary file {path}: "chars" must be a list.'
+            )
         try:
             return cls(chars)
         except ValueError as error:
-            raise ValueError(f"Invalid vocabulary file {path}: {error}") from error
+            raise VocabFileError(f"Invalid vocabulary file {path}: {error}") from error
 
 
 def _code_points(text: str) -> np.ndarray:

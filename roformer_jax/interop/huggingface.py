@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -226,7 +227,9 @@ def load_huggingface(
         hf_config, causal=causal, source=str(directory / CONFIG_FILE)
     )
     num_labels = (
-        _hf_num_labels(hf_config) if head == "sequence_classification" else None
+        _hf_num_labels(hf_config, source=str(directory / CONFIG_FILE))
+        if head == "sequence_classification"
+        else None
     )
 
     state_dict = _read_weights(directory)
@@ -381,7 +384,10 @@ def read_json_config(path: Path) -> dict[str, Any]:
         )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:
+        # ValueError covers UnicodeDecodeError, JSONDecodeError and integers
+        # of more than sys.get_int_max_str_digits() digits, and json raises
+        # RecursionError for deeply nested arrays or objects.
         raise CheckpointFormatError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(config, dict):
         raise CheckpointFormatError(
@@ -459,38 +465,79 @@ def model_config_from_hf(
             "head always reuses the token embeddings as output weights."
         )
 
-    hidden_size = int(config["hidden_size"])
-    num_heads = int(config["num_attention_heads"])
+    hidden_size = _config_int(config, "hidden_size", source, minimum=1)
+    num_heads = _config_int(config, "num_attention_heads", source, minimum=1)
     if hidden_size % num_heads or (hidden_size // num_heads) % 2:
         raise UnsupportedArchitectureError(
             f"{source} sets hidden_size={hidden_size} and "
             f"num_attention_heads={num_heads}, but RoPE needs an even head size "
             "hidden_size / num_attention_heads."
         )
-    embedding_size = config["embedding_size"]
-    if embedding_size is not None and int(embedding_size) == hidden_size:
-        embedding_size = None
+    embedding_size = None
+    if config["embedding_size"] is not None:
+        embedding_size = _config_int(config, "embedding_size", source, minimum=1)
+        if embedding_size == hidden_size:
+            embedding_size = None
 
-    return ModelConfig(
-        vocab_size=int(config["vocab_size"]),
+    fields = dict(
+        vocab_size=_config_int(config, "vocab_size", source, minimum=1),
         hidden_size=hidden_size,
-        num_layers=int(config["num_hidden_layers"]),
+        num_layers=_config_int(config, "num_hidden_layers", source, minimum=0),
         num_heads=num_heads,
-        mlp_dim=int(config["intermediate_size"]),
-        embedding_size=None if embedding_size is None else int(embedding_size),
-        type_vocab_size=int(config["type_vocab_size"]),
-        max_position_embeddings=int(config["max_position_embeddings"]),
+        mlp_dim=_config_int(config, "intermediate_size", source, minimum=1),
+        embedding_size=embedding_size,
+        type_vocab_size=_config_int(config, "type_vocab_size", source, minimum=0),
+        max_position_embeddings=_config_int(
+            config, "max_position_embeddings", source, minimum=0
+        ),
         position_encoding="rope",
         rotary_base=HF_ROTARY_BASE,
         rotary_layout="interleaved",
         rotary_value=bool(config["rotary_value"]),
         causal=causal,
         pre_layer_norm=False,
-        layer_norm_epsilon=float(config["layer_norm_eps"]),
-        dropout_rate=float(config["hidden_dropout_prob"]),
-        attention_dropout_rate=float(config["attention_probs_dropout_prob"]),
-        initializer_range=float(config["initializer_range"]),
+        layer_norm_epsilon=_config_float(config, "layer_norm_eps", source),
+        dropout_rate=_config_float(config, "hidden_dropout_prob", source),
+        attention_dropout_rate=_config_float(
+            config, "attention_probs_dropout_prob", source
+        ),
+        initializer_range=_config_float(config, "initializer_range", source),
     )
+    try:
+        return ModelConfig(**fields)
+    except (TypeError, ValueError) as error:
+        raise CheckpointFormatError(
+            f"{source} does not describe a valid model: {error}"
+        ) from error
+
+
+def _config_int(
+    config: Mapping[str, Any], key: str, source: str, *, minimum: int
+) -> int:
+    """Return `config[key]` converted by `int`, checking that it is at least `minimum`."""
+    value = config[key]
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if number is None or number < minimum:
+        raise CheckpointFormatError(
+            f"{source} sets {key}={value!r:.80}, but it must be an integer of at "
+            f"least {minimum}. Fix the value in the config file."
+        )
+    return number
+
+
+def _config_float(config: Mapping[str, Any], key: str, source: str) -> float:
+    """Return `config[key]` converted by `float`."""
+    value = config[key]
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise CheckpointFormatError(
+            f"{source} sets {key}={value!r:.80}, but it must be a number. Fix the "
+            "value in the config file."
+        ) from error
 
 
 def check_representable(model_config: ModelConfig) -> None:
@@ -593,7 +640,13 @@ def _resolve_head(
         return head, causal
 
     architectures = hf_config.get("architectures") or []
-    heads = [ARCHITECTURE_HEADS.get(name) for name in architectures]
+    # Anything but a list of class names is an unknown head.
+    heads: list[str | None] = [None]
+    if isinstance(architectures, list):
+        heads = [
+            ARCHITECTURE_HEADS.get(name) if isinstance(name, str) else None
+            for name in architectures
+        ]
     if len(heads) != 1 or heads[0] is None:
         raise CheckpointFormatError(
             f"{source} has architectures={architectures!r}, so the head is "
@@ -617,11 +670,19 @@ def _resolve_head(
     return head, is_decoder
 
 
-def _hf_num_labels(hf_config: Mapping[str, Any]) -> int:
+def _hf_num_labels(hf_config: Mapping[str, Any], *, source: str) -> int:
     # transformers derives num_labels from id2label and defaults to 2 labels.
-    if "id2label" in hf_config:
-        return len(hf_config["id2label"])
-    return int(hf_config.get("num_labels", 2))
+    if "id2label" not in hf_config:
+        return _config_int(
+            {"num_labels": 2, **hf_config}, "num_labels", source, minimum=1
+        )
+    id2label = hf_config["id2label"]
+    if not isinstance(id2label, (dict, list)) or not id2label:
+        raise CheckpointFormatError(
+            f"{source} sets id2label={id2label!r:.80}, but it must be a non-empty "
+            "object that maps each class id to its label name."
+        )
+    return len(id2label)
 
 
 def _check_head(head: str) -> None:
@@ -633,9 +694,16 @@ def read_vocab(path: Path) -> tuple[str, ...] | None:
     """Read a `vocab.txt` (one token per line, in id order), or None if absent."""
     if not path.is_file():
         return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CheckpointFormatError(
+            f"{path} is not valid UTF-8 ({error}). Save {VOCAB_FILE} as UTF-8 "
+            "text with one token per line."
+        ) from error
     # Split on line feeds only, as transformers' BERT tokenizers do: tokens may
     # contain other characters that str.splitlines treats as line breaks.
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
     return tuple(lines)
@@ -694,8 +762,16 @@ def _read_sharded(
             f"{index_path} has no 'weight_map' object mapping weight names to "
             "shard files."
         )
+    shard_names = set()
+    for weight_name, shard_name in weight_map.items():
+        if not isinstance(shard_name, str):
+            raise CheckpointFormatError(
+                f"{index_path} maps the weight {weight_name} to {shard_name!r:.80}, "
+                "but weight_map values must be shard file names."
+            )
+        shard_names.add(shard_name)
     state_dict: dict[str, np.ndarray] = {}
-    for shard_name in sorted(set(weight_map.values())):
+    for shard_name in sorted(shard_names):
         shard_path = index_path.parent / shard_name
         if not shard_path.is_file():
             raise CheckpointFormatError(
@@ -745,7 +821,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     header_size = int.from_bytes(data[:8], "little")
     try:
         header = json.loads(data[8 : 8 + header_size])
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:
+        # The same errors as in read_json_config.
         raise CheckpointFormatError(
             f"{path} has an invalid safetensors header: {error}"
         ) from error
@@ -765,15 +842,14 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
                 "lacks dtype, shape or data_offsets. The file is corrupt."
             )
         dtype_name = info["dtype"]
-        if dtype_name not in _SAFETENSORS_DTYPES:
+        if not isinstance(dtype_name, str) or dtype_name not in _SAFETENSORS_DTYPES:
             raise CheckpointFormatError(
                 f"{path}: tensor {name} has dtype {dtype_name!r}, which this "
                 f"reader does not support. Supported: {sorted(_SAFETENSORS_DTYPES)}."
             )
         dtype = np.dtype(_SAFETENSORS_DTYPES[dtype_name])
-        shape = tuple(int(n) for n in info["shape"])
-        begin, end = (int(offset) for offset in info["data_offsets"])
-        count = int(np.prod(shape, dtype=np.int64))
+        shape, begin, end = _tensor_layout(info, path, name)
+        count = math.prod(shape)
         if end - begin != count * dtype.itemsize or start + end > len(data):
             raise CheckpointFormatError(
                 f"{path}: tensor {name} with shape {shape} and dtype {dtype_name} "
@@ -785,6 +861,26 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             array = bfloat16_to_float32(array)
         arrays[name] = array.reshape(shape)
     return arrays
+
+
+def _tensor_layout(
+    info: Mapping[str, Any], path: Path, name: str
+) -> tuple[tuple[int, ...], int, int]:
+    """Return the shape and the byte range [begin, end) of a safetensors header entry."""
+    try:
+        shape = tuple(int(n) for n in info["shape"])
+        begin, end = (int(offset) for offset in info["data_offsets"])
+        valid = all(n >= 0 for n in shape) and 0 <= begin <= end
+    except (TypeError, ValueError, OverflowError):
+        valid = False
+    if not valid:
+        raise CheckpointFormatError(
+            f"{path}: tensor {name} has shape {info['shape']!r:.80} and "
+            f"data_offsets {info['data_offsets']!r:.80}, but they must be a list "
+            "of non-negative integers and two offsets [begin, end] with begin <= "
+            "end. The file is corrupt."
+        )
+    return shape, begin, end
 
 
 # ---------------------------------------------------------------------------
@@ -1113,8 +1209,11 @@ def _check_position_table(
             "hidden_size / num_attention_heads from config.json.",
         )
     reference = hf_position_table(*expected_shape)
-    error = float(np.max(np.abs(table.astype(np.float64) - reference), initial=0.0))
-    if error > POSITION_TABLE_TOLERANCE:
+    with np.errstate(invalid="ignore"):
+        difference = np.abs(table.astype(np.float64) - reference)
+    error = float(np.max(difference, initial=0.0))
+    # A NaN entry makes `error` NaN, which no comparison with a bound rejects.
+    if not error <= POSITION_TABLE_TOLERANCE:
         raise UnsupportedArchitectureError(
             f"{source}: {display_name(POSITION_TABLE)} differs from the RoPE "
             f"sinusoids with base 10000 by up to {error:.3g}. roformer_jax "
@@ -1142,7 +1241,13 @@ def _check_tied_decoder(
 
 
 def _is_zero_row(table: np.ndarray | None) -> bool:
-    return table is not None and table.shape[0] == 1 and not np.any(table)
+    # A 0-d table is no row at all, and the shape check reports it.
+    return (
+        table is not None
+        and table.ndim > 0
+        and table.shape[0] == 1
+        and not np.any(table)
+    )
 
 
 def _raise_mismatch(

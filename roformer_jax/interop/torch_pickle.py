@@ -22,9 +22,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import lzma
 import os
 import pickle
 import zipfile
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,39 @@ import numpy as np
 
 class TorchCheckpointError(ValueError):
     """A file is not a `torch.save` zip archive of tensors that this reader can load."""
+
+
+# Errors of zipfile for a damaged archive. BadZipFile is a bad header or CRC,
+# EOFError a compressed member cut short, and zlib.error, lzma.LZMAError or
+# OSError (from bz2) a corrupt one. NotImplementedError is an unknown
+# compression method and RuntimeError an encrypted member. OSError is also a
+# seek to a negative offset, and UnicodeDecodeError (a ValueError) a member
+# name flagged as UTF-8 that is not.
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+)
+# Errors of unpickling invalid data. The pickle documentation names
+# UnpicklingError, AttributeError, EOFError, ImportError and IndexError, and
+# the allowed globals raise the others when a pickle calls them with
+# arguments of the wrong type or value.
+_UNPICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    AttributeError,
+    EOFError,
+    ImportError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ValueError,
+    OverflowError,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +211,8 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       TorchCheckpointError: for a file in the pre-zip format of torch < 1.6, a
         pickle that references anything beyond tensors, storages and
         OrderedDict, a truncated storage, or a saved object that is not a dict
-        of tensors keyed by strings. Each message names the file.
+        of tensors keyed by strings. Also for a damaged zip archive or
+        pickle. Each message names the file.
     """
     path = os.fspath(path)
     if not zipfile.is_zipfile(path):
@@ -187,10 +223,17 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             "with a newer torch, torch.save(torch.load(path), path), or "
             "converted to safetensors."
         )
-    with zipfile.ZipFile(path) as archive:
+    try:
+        archive = zipfile.ZipFile(path)
+    except _ZIP_ERRORS as error:
+        raise TorchCheckpointError(
+            f"{path} is a damaged zip archive ({type(error).__name__}: {error}). "
+            "Save the checkpoint again with torch.save, or download it again."
+        ) from error
+    with archive:
         try:
             state = _unpickle_archive(archive)
-        except (pickle.UnpicklingError, TorchCheckpointError) as error:
+        except TorchCheckpointError as error:
             raise TorchCheckpointError(f"{path}: {error}") from error
 
     if not isinstance(state, dict):
@@ -211,7 +254,18 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return dict(state)
 
 
+def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
+    try:
+        return archive.read(name)
+    except _ZIP_ERRORS as error:
+        raise TorchCheckpointError(
+            f"member {name} could not be read ({type(error).__name__}: {error}). "
+            "The file is truncated or corrupt."
+        ) from error
+
+
 def _unpickle_archive(archive: zipfile.ZipFile) -> Any:
+    members = set(archive.namelist())
     pickles = [
         name
         for name in archive.namelist()
@@ -227,8 +281,9 @@ def _unpickle_archive(archive: zipfile.ZipFile) -> Any:
     # NOTE: the "big" branch is untested, because torch on little-endian
     # machines never writes it.
     byteorder = "little"
-    if f"{prefix}byteorder" in archive.namelist():
-        byteorder = archive.read(f"{prefix}byteorder").decode("ascii").strip()
+    if f"{prefix}byteorder" in members:
+        record = _read_member(archive, f"{prefix}byteorder")
+        byteorder = record.decode("ascii", errors="replace").strip()
     if byteorder not in ("little", "big"):
         raise TorchCheckpointError(f"invalid byteorder record {byteorder!r}.")
 
@@ -240,12 +295,11 @@ def _unpickle_archive(archive: zipfile.ZipFile) -> Any:
         if key in storages:
             return storages[key]
         member = f"{prefix}data/{key}"
-        try:
-            data = archive.read(member)
-        except KeyError:
+        if member not in members:
             raise TorchCheckpointError(
                 f"storage {key} ({storage_type.name}) has no member {member}."
-            ) from None
+            )
+        data = _read_member(archive, member)
         dtype = storage_type.dtype
         if byteorder == "big":
             dtype = dtype.newbyteorder(">")
@@ -264,4 +318,13 @@ def _unpickle_archive(archive: zipfile.ZipFile) -> Any:
         storages[key] = array
         return array
 
-    return _RestrictedUnpickler(archive.read(pickles[0]), load_storage).load()
+    unpickler = _RestrictedUnpickler(_read_member(archive, pickles[0]), load_storage)
+    try:
+        return unpickler.load()
+    except TorchCheckpointError:
+        raise
+    except _UNPICKLE_ERRORS as error:
+        raise TorchCheckpointError(
+            f"{pickles[0]} is not a valid pickle of a state dict "
+            f"({type(error).__name__}: {error}). The file is truncated or corrupt."
+        ) from error
