@@ -5,11 +5,12 @@ gives the parameters of an uninterrupted run, bit for bit.
       --manual_dir=../shared/data/tiny_shakespeare
 
 Runs `python -m roformer_jax.main` on a small config twice: once straight
-through, and once killed `--kills` times, each at a random step and a random
-moment (up to `--max_delay_seconds` after that step's log line, so kills
-land in training steps, evaluations and checkpoint writes alike) and
-restarted with the same command. Then it compares the final parameters of
-the two workdirs and exits with status 1 if any array differs.
+through, and once killed `--kills` times and restarted with the same
+command. Each kill comes at a random step and a random moment, up to
+`--max_delay_seconds` after that step's log line, so kills land in training
+steps, evaluations and checkpoint writes alike. Then it compares the final
+parameters of the two workdirs and exits with status 1 if any array
+differs.
 """
 
 import pathlib
@@ -73,7 +74,7 @@ def _run_to_end(workdir: pathlib.Path) -> None:
 
 
 def _logged_step(line: str) -> int | None:
-    """The step of a trainer progress line ("step N/TOTAL ..."), else None."""
+    """Return the step of a trainer progress line ("step N/TOTAL ..."), else None."""
     marker = line.find(" step ")
     if marker < 0:
         return None
@@ -82,9 +83,9 @@ def _logged_step(line: str) -> int | None:
 
 
 def _run_and_kill(workdir: pathlib.Path, target: int, delay: float) -> int | None:
-    """Start the run, SIGKILL it `delay` seconds after it logs step `target`
-    or later; return the step last logged before the kill, or None when the
-    run finished first."""
+    """Start the run and SIGKILL it `delay` seconds after it logs step
+    `target` or later. Return the step last logged before the kill, or None
+    when the run finished first."""
     process = subprocess.Popen(
         _command(workdir),
         cwd=ROOT,

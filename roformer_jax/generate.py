@@ -4,7 +4,7 @@ Dimension alphabet: B batch, P prompt length, N new tokens, S cache slots
 (P + N), V vocabulary.
 
 Prompts are left-padded to a common length P, and each row numbers its own
-tokens from position 0, so padding changes neither the positions a row sees
+tokens from position 0, so padding changes neither the positions of a row
 nor its output. The prompt fills the first P cache slots in one forward
 pass; each later step feeds one token per row, at the row's next position,
 into the next slot. The whole loop is one `jax.jit` computation with fixed
@@ -30,7 +30,7 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """How tokens are drawn from the model's next-token distribution.
+    """Settings for drawing tokens from the model's next-token distribution.
 
     `temperature=0` is greedy decoding (argmax). Otherwise the logits are
     divided by the temperature, cut to the `top_k` most likely tokens
@@ -123,7 +123,7 @@ def filter_logits(logits: Array, *, top_k: int = 0, top_p: float = 1.0) -> Array
     """Set to -inf the `[..., V]` logits outside the top-k and the top-p nucleus.
 
     The nucleus is the smallest set of most likely tokens whose probability
-    reaches `top_p`; it always holds the most likely token. Ties at the
+    reaches `top_p`. It always contains the most likely token. Ties at the
     cut-off are kept.
     """
     logits = logits.astype(jnp.float32)
@@ -151,7 +151,7 @@ def sample_tokens(rng: Array, logits: Array, sampling: SamplingConfig) -> Array:
 
 
 def init_cache(model: nn.Module, batch_size: int, num_slots: int):
-    """An empty key/value cache of `num_slots` slots for `model`.
+    """Return an empty key/value cache of `num_slots` slots for `model`.
 
     Only shapes are traced, so no parameters are initialised.
     """
@@ -324,7 +324,7 @@ def _generate_uncached(model, sampling: SamplingConfig, params, prompts: Prompts
 
 @dataclasses.dataclass(frozen=True)
 class TextCodec:
-    """How a model's text becomes ids and back.
+    """Conversion between a model's text and token ids.
 
     `prefix_ids` and `suffix_ids` frame a masked-LM input (e.g. [CLS] and
     [SEP]); `mask_id` is the mask token, or None when the model has none.
@@ -333,7 +333,7 @@ class TextCodec:
     encode: Callable[[str], Sequence[int]]
     decode: Callable[[Sequence[int]], str]
     pad_id: int = 0
-    unk_id: int | None = None  # What text outside the vocabulary encodes to.
+    unk_id: int | None = None  # The id of text outside the vocabulary.
     mask_id: int | None = None
     prefix_ids: tuple[int, ...] = ()
     suffix_ids: tuple[int, ...] = ()
@@ -356,7 +356,7 @@ class TextCodec:
         return ids[0]
 
     def unknown_pieces(self, text: str) -> int:
-        """How many tokens of `text` are the unknown token."""
+        """Count the tokens of `text` that are the unknown token."""
         if self.unk_id is None:
             return 0
         return sum(int(token) == self.unk_id for token in self.encode(text))
@@ -426,7 +426,7 @@ def fill_mask(
     logits = _masked_logits(
         model, params, tokens, positions, jnp.asarray([where], jnp.int32)
     )[0]
-    # Special tokens are never the answer, so the probabilities are
+    # Special tokens are never predicted, so the probabilities are
     # renormalised over the other tokens.
     special = jnp.asarray(sorted(codec.special_ids), jnp.int32)
     logits = logits.at[:, special].set(-jnp.inf) if codec.special_ids else logits

@@ -76,12 +76,14 @@ def main(argv) -> None:
 
 
 def _sample() -> None:
+    """Load the model, then fill masks or generate for each --prompt."""
     if not FLAGS.prompt:
         sys.exit("Give at least one --prompt.")
     if FLAGS.hf_dir:
         loaded = inference.load_huggingface_model(FLAGS.hf_dir)
     else:
         loaded = inference.load_workdir(FLAGS.workdir)
+
     prompts = [_unescape(prompt) for prompt in FLAGS.prompt]
     for index, prompt in enumerate(prompts):
         unknown = loaded.codec.unknown_pieces(prompt)
@@ -93,10 +95,12 @@ def _sample() -> None:
                 unknown,
                 prompt,
             )
+
     if loaded.task == "masked_lm":
         for prompt in prompts:
             _print_fill_mask(loaded, prompt)
         return
+
     sampling = generate.SamplingConfig(
         max_new_tokens=FLAGS.max_new_tokens,
         temperature=FLAGS.temperature,
@@ -107,6 +111,7 @@ def _sample() -> None:
         ),
         pad_id=loaded.codec.pad_id,
     )
+
     longest = max(len(loaded.codec.encode(prompt)) for prompt in prompts)
     total = longest + sampling.max_new_tokens
     if loaded.trained_length and total > loaded.trained_length:
@@ -116,6 +121,7 @@ def _sample() -> None:
             total,
             loaded.trained_length,
         )
+
     started = time.perf_counter()
     texts = generate.generate_text(
         loaded.model,
@@ -127,6 +133,7 @@ def _sample() -> None:
         use_cache=FLAGS.use_cache,
     )
     elapsed = time.perf_counter() - started
+
     for prompt, text in zip(prompts, texts, strict=True):
         print(prompt + text)
         print("-" * 40)

@@ -100,7 +100,7 @@ def test_nonfinite_step_stops_before_its_checkpoint(tfds_dir, tmp_path):
     assert not (tmp_path / "checkpoints" / "2").exists()
 
 
-def test_skip_policy_keeps_the_parameters_of_a_bad_step(tfds_dir, tmp_path, caplog):
+def test_skip_keeps_bad_step_parameters(tfds_dir, tmp_path, caplog):
     config = smoke_config(
         tfds_dir, num_train_steps=6, log_every_steps=1, nonfinite_policy="skip"
     )
@@ -114,7 +114,7 @@ def test_skip_policy_keeps_the_parameters_of_a_bad_step(tfds_dir, tmp_path, capl
     assert "step 3 (training batch 2); the update was skipped" in caplog.text
 
 
-def test_skip_policy_matches_a_run_without_the_bad_update(tfds_dir, tmp_path):
+def test_skip_matches_clean_run_before(tfds_dir, tmp_path):
     """Skipping step 3 changes nothing before it: step 2's parameters are
     those of a clean run."""
     config = smoke_config(
@@ -128,7 +128,7 @@ def test_skip_policy_matches_a_run_without_the_bad_update(tfds_dir, tmp_path):
     assert skipped[3]["train/param_norm"] == clean[2]["train/param_norm"]
 
 
-def test_skip_policy_stops_after_too_many_in_a_row(tfds_dir, tmp_path):
+def test_skip_stops_after_limit(tfds_dir, tmp_path):
     config = smoke_config(
         tfds_dir,
         num_train_steps=8,
@@ -214,7 +214,8 @@ def test_sigterm_exits_with_status_zero(tfds_dir, tmp_path):
     )
     steps = checkpointer.all_steps()
     checkpointer.close()
-    assert len(steps) == 1 and 2 <= steps[0] < 100000
+    assert len(steps) == 1
+    assert 2 <= steps[0] < 100000
 
 
 # Unreadable checkpoints and failed saves.

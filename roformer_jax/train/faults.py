@@ -9,8 +9,8 @@ them every step would wait for the device each step) and then, by
   and its batch. The parameters of that step are not saved, so the last
   checkpoint is the state to go back to.
 - "skip": the step already kept its old parameters and optimizer state on
-  the device; the loop logs the step and batch and goes on, and raises once
-  more than `train.max_consecutive_skips` steps in a row were skipped.
+  the device, so the loop logs the step and batch and goes on. It raises
+  once more than `train.max_consecutive_skips` steps in a row were skipped.
 
 SIGTERM, which schedulers and preemptible machines send before stopping a
 job, sets a flag; the loop saves a checkpoint after the step in flight and

@@ -1,6 +1,6 @@
 """Load a trained language model from its workdir for inference.
 
-A workdir holds what the trainer wrote: `config.json`, `checkpoints/`, and
+A workdir contains what the trainer wrote: `config.json`, `checkpoints/`, and
 the run's vocabulary (`vocab.json` for a character corpus, `tokenizer/`
 for subword tasks; byte-level corpora need none). A Hugging Face RoFormer
 directory (masked or causal LM, with its `vocab.txt`) loads the same way
@@ -129,7 +129,7 @@ def load_huggingface_model(directory: str) -> InferenceModel:
     imported = load_huggingface(directory)
     if imported.head not in ("masked_lm", "causal_lm"):
         raise ValueError(
-            f"{directory!r} holds a model with the {imported.head!r} head; sampling "
+            f"{directory!r} contains a model with the {imported.head!r} head; sampling "
             "and fill-mask need RoFormerForMaskedLM or RoFormerForCausalLM (in "
             "Python, roformer_jax.interop.load_huggingface reads any head)."
         )
