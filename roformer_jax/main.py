@@ -44,7 +44,7 @@ FLAGS = flags.FLAGS
 
 def _make_configs_importable(argv: list[str]) -> None:
     """Let config files import their siblings (`from configs import ...`)
-    from any working directory, by putting the folder that holds their
+    from any working directory, by putting the folder that contains their
     `configs/` package on the import path."""
     for argument in argv:
         if argument.startswith("--config="):

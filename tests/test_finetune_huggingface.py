@@ -20,7 +20,7 @@ CAIL = DATA / "cail2019_scm" / "input.txt"
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory) -> pathlib.Path:
-    """A random transformers RoFormerForMaskedLM whose vocabulary holds the
+    """A random transformers RoFormerForMaskedLM whose vocabulary contains the
     characters of the CAIL file, saved with its tokenizer."""
     directory = tmp_path_factory.mktemp("hf_mlm")
     text = CAIL.read_text(encoding="utf-8")

@@ -233,7 +233,7 @@ class SelfAttention(nn.Module):
         and the queries attend over all `S` slots, with the `[B, 1, T, S]`
         mask hiding empty slots and padding.
         Keys and values are cached before the position encoding, which then
-        sees each key at its own position, so every encoding decodes the way
+        applies to each key at its own position, so every encoding decodes the way
         it trains.
         """
         config = self.config
@@ -478,7 +478,7 @@ def attention_mask(config: ModelConfig, segment_ids: Array) -> Array:
 
 @flax.struct.dataclass
 class DecodeCache:
-    """Where the new tokens of a decoding step go in the key/value cache.
+    """Placement of a decoding step's new tokens in the key/value cache.
 
     `start` is the first cache slot the `[B, T]` new tokens fill, and
     `key_positions` the `[B, S]` positions of every slot after they are
@@ -495,8 +495,8 @@ class DecodeState(nn.Module):
 
     Calling it with the `[B, T]` positions and segment ids of new tokens
     records them and returns the `DecodeCache` for the layers and the
-    `[B, 1, T, S]` mask: a query sees the filled slots of its own segment
-    up to its own slot. With left-padded prompts the slot order is the
+    `[B, 1, T, S]` mask: a query attends to the filled slots of its own
+    segment up to its own slot. With left-padded prompts the slot order is the
     time order, so this equals the causal mask of a full forward pass.
     """
 

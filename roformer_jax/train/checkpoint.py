@@ -18,7 +18,7 @@ class CheckpointMismatchError(ValueError):
 
 
 class MissingCheckpointError(ValueError):
-    """A workdir holds no checkpoint to restore."""
+    """A workdir contains no checkpoint to restore."""
 
 
 class Checkpointer:

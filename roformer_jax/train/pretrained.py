@@ -181,7 +181,7 @@ def load_huggingface_encoder(
     ]
     if changed:
         raise PretrainedMismatchError(
-            f"finetune.init_hf_dir={directory!r} holds a different encoder:\n  "
+            f"finetune.init_hf_dir={directory!r} contains a different encoder:\n  "
             + "\n  ".join(changed)
             + "\nThe config variant hf_dir=PATH of configs/finetune.py copies "
             "the checkpoint's settings into model.*."
