@@ -10,7 +10,7 @@ import pytest
 import requests
 import tensorflow_datasets as tfds
 
-from roformer_jax.data import tiny_shakespeare
+from roformer_jax.data.offline import probe_address
 from roformer_jax.data.prefetch import Prefetcher
 from roformer_jax.data.tiny_shakespeare import DatasetUnavailableError, load_text_splits
 from roformer_jax.data.vocab import UNK_ID, UNK_TOKEN, CharVocab
@@ -168,9 +168,7 @@ def test_download_error_converted(tmp_path, monkeypatch):
 def test_probe_address_uses_proxy(monkeypatch):
     _use_proxy(monkeypatch, 3128)
 
-    host, port, via_proxy = tiny_shakespeare._probe_address(
-        "https://example.org/input.txt"
-    )
+    host, port, via_proxy = probe_address("https://example.org/input.txt")
 
     assert host == "127.0.0.1"
     assert port == 3128
@@ -181,9 +179,7 @@ def test_probe_address_without_proxy(monkeypatch):
     for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
 
-    host, port, via_proxy = tiny_shakespeare._probe_address(
-        "https://example.org/input.txt"
-    )
+    host, port, via_proxy = probe_address("https://example.org/input.txt")
 
     assert host == "example.org"
     assert port == 443

@@ -14,12 +14,8 @@ import requests
 import tensorflow_datasets as tfds
 
 from roformer_jax.data import enwik8
-from roformer_jax.data.enwik8 import (
-    BYTE_VOCAB_SIZE,
-    DatasetUnavailableError,
-    load_byte_splits,
-    split_bytes,
-)
+from roformer_jax.data.enwik8 import BYTE_VOCAB_SIZE, load_byte_splits, split_bytes
+from roformer_jax.data.offline import DatasetUnavailableError
 
 EXCERPT_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 EXCERPT_DIR = EXCERPT_DIR / "enwiki_excerpt"

@@ -29,13 +29,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from roformer_jax.data.tiny_shakespeare import (
+from roformer_jax.data.offline import (
     MANUAL_DIR_FLAG,
-    SPLITS,
-    DatasetUnavailableError,
+    FailFastDownloadManager,
     SourceFileError,
-    _FailFastDownloadManager,
 )
+from roformer_jax.data.tiny_shakespeare import SPLITS
 
 ENWIK8_URL = "http://mattmahoney.net/dc/enwik8.zip"
 ENWIK8_FILENAME = "enwik8"
@@ -145,15 +144,9 @@ def _read_official_manual(manual_dir: Path) -> tuple[bytes, str]:
 
 def _download_official(dl_manager: tfds.download.DownloadManager) -> bytes:
     """Download and extract the official archive, failing within seconds offline."""
-    try:
-        archive = _FailFastDownloadManager(dl_manager).download(ENWIK8_URL)
-    except DatasetUnavailableError as error:
-        # The wrapper's message names Tiny Shakespeare, so only its cause is kept.
-        cause = error.__cause__
-        raise DatasetUnavailableError(
-            f"The enwik8 dataset could not be downloaded from {ENWIK8_URL} "
-            f"({type(cause).__name__}: {cause}). {_manual_dir_hint()}"
-        ) from cause
+    archive = FailFastDownloadManager(
+        dl_manager, dataset="The enwik8 dataset", hint=_manual_dir_hint()
+    ).download(ENWIK8_URL)
     extracted_dir = Path(dl_manager.extract(archive))
     return (extracted_dir / ENWIK8_FILENAME).read_bytes()
 

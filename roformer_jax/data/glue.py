@@ -15,24 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import requests
 import tensorflow_datasets as tfds
 
-from roformer_jax.data.text_classification import TextExample
-
-# The proxy lookup and the error type are shared with the Tiny Shakespeare
-# loader, so callers catch one error for an unavailable dataset.
-from roformer_jax.data.tiny_shakespeare import (
-    CONNECT_TIMEOUT_SECONDS,
+from roformer_jax.data.offline import (
     MANUAL_DIR_FLAG,
-    DatasetUnavailableError,
-    _probe_address,
+    FailFastDownloadManager,
 )
+from roformer_jax.data.text_classification import TextExample
 
 SPLITS = ("train", "validation")
 
@@ -196,64 +189,6 @@ class _LocalGlueFiles:
         return {key: os.fspath(path) for key, path in paths.items()}
 
 
-def _check_reachable(url: str, config_name: str) -> None:
-    """Raise DatasetUnavailableError unless a TCP connection for `url` opens.
-
-    NOTE: the DNS lookup inside `create_connection` takes no timeout, so a
-    resolver that hangs delays the error by its own timeout.
-    """
-    host, port, via_proxy = _probe_address(url)
-    target = f"proxy {host}:{port}" if via_proxy else f"{host}:{port}"
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS):
-            pass
-    except OSError as error:
-        raise DatasetUnavailableError(
-            f"The GLUE {config_name} data could not be downloaded from {url}: "
-            f"connecting to {target} failed ({error}). {_manual_dir_hint(config_name)}"
-        ) from error
-
-
-class _FailFastDownloadManager:
-    """Wrap a TFDS download manager so that an offline download fails at once.
-
-    TFDS 4.9.10 retries a failed download 10 times with exponential backoff
-    (`MAX_RETRIES` in tensorflow_datasets/core/download/downloader.py). So each
-    download first probes the hosts, and any download failure becomes
-    DatasetUnavailableError.
-    """
-
-    def __init__(self, dl_manager: tfds.download.DownloadManager, config_name: str):
-        self._dl_manager = dl_manager
-        self._config_name = config_name
-
-    def __getattr__(self, name: str):
-        return getattr(self._dl_manager, name)
-
-    def _fetch(self, method, urls):
-        url_list = list(urls.values()) if isinstance(urls, Mapping) else [urls]
-        for url in url_list:
-            _check_reachable(url, self._config_name)
-        try:
-            return method(urls)
-        except (
-            OSError,
-            requests.RequestException,
-            tfds.download.DownloadError,
-        ) as error:
-            raise DatasetUnavailableError(
-                f"The GLUE {self._config_name} data could not be downloaded from "
-                f"{url_list} ({type(error).__name__}: {error}). "
-                f"{_manual_dir_hint(self._config_name)}"
-            ) from error
-
-    def download(self, urls):
-        return self._fetch(self._dl_manager.download, urls)
-
-    def download_and_extract(self, urls):
-        return self._fetch(self._dl_manager.download_and_extract, urls)
-
-
 class Glue(_UpstreamGlue, skip_registration=True):
     """The TFDS `glue` builder, reading a local GLUE folder when a manual dir is set.
 
@@ -281,7 +216,11 @@ class Glue(_UpstreamGlue, skip_registration=True):
         config_name = self.builder_config.name
         if self._requested_manual_dir is None:
             return super()._split_generators(
-                _FailFastDownloadManager(dl_manager, config_name)
+                FailFastDownloadManager(
+                    dl_manager,
+                    dataset=f"The GLUE {config_name} data",
+                    hint=_manual_dir_hint(config_name),
+                )
             )
         return super()._split_generators(
             _LocalGlueFiles(self._requested_manual_dir, config_name)

@@ -11,33 +11,31 @@ the upstream download. Both paths run the upstream `_split_generators`, so the
 from __future__ import annotations
 
 import os
-import socket
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
-import requests
 import tensorflow_datasets as tfds
 
-MANUAL_DIR_FLAG = "--config.data.manual_dir"
+# The errors are shared by every loader, so callers catch one type; they are
+# imported here too because callers import them from this module.
+from roformer_jax.data.offline import (
+    MANUAL_DIR_FLAG,
+    DatasetUnavailableError,
+    FailFastDownloadManager,
+    SourceFileError,
+)
+
+__all__ = [
+    "MANUAL_DIR_FLAG",
+    "DatasetUnavailableError",
+    "SourceFileError",
+    "TinyShakespeare",
+    "load_text_splits",
+]
+
 INPUT_FILENAME = "input.txt"
 SPLITS = ("train", "validation", "test")
 
-# Seconds to wait for a TCP connection to the download host (or its proxy).
-# TFDS 4.9.10 retries a failed download 10 times with exponential backoff, which
-# took 204 s on a machine whose DNS lookups fail at once, almost all of it
-# backoff sleeps. The probe with this timeout runs first to fail fast.
-CONNECT_TIMEOUT_SECONDS = 5.0
-
 _UpstreamBuilder = tfds.builder_cls("tiny_shakespeare")
-
-
-class DatasetUnavailableError(RuntimeError):
-    """The dataset is not prepared and its source text cannot be downloaded."""
-
-
-class SourceFileError(ValueError):
-    """A source file in the manual dir is not in the format that the builder reads."""
 
 
 def _manual_dir_hint() -> str:
@@ -56,72 +54,6 @@ class _LocalFileDownloadManager:
     def download(self, url: str) -> str:
         del url  # The local file replaces the URL that the builder requests.
         return os.fspath(self._path)
-
-
-def _probe_address(url: str) -> tuple[str, int, bool]:
-    """Return the host and port that a request for `url` connects to first.
-
-    That is the proxy from the environment (`https_proxy` and the like) when one
-    applies to the URL's host, otherwise the host itself. The flag is True for
-    a proxy.
-    """
-    parsed = urllib.parse.urlsplit(url)
-    host = parsed.hostname or ""
-    proxy = urllib.request.getproxies().get(parsed.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        proxy_url = urllib.parse.urlsplit(
-            proxy if "://" in proxy else f"http://{proxy}"
-        )
-        proxy_port = proxy_url.port or (443 if proxy_url.scheme == "https" else 80)
-        return proxy_url.hostname or "", proxy_port, True
-    return host, parsed.port or (443 if parsed.scheme == "https" else 80), False
-
-
-def _check_reachable(url: str) -> None:
-    """Raise DatasetUnavailableError unless a TCP connection for `url` opens.
-
-    NOTE: the DNS lookup inside `create_connection` takes no timeout, so a
-    resolver that hangs delays the error by its own timeout (with the glibc
-    defaults, 5 s per try and 2 tries per nameserver).
-    """
-    host, port, via_proxy = _probe_address(url)
-    target = f"proxy {host}:{port}" if via_proxy else f"{host}:{port}"
-    try:
-        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS):
-            pass
-    except OSError as error:
-        raise DatasetUnavailableError(
-            f"The Tiny Shakespeare dataset could not be downloaded from {url}: "
-            f"connecting to {target} failed ({error}). {_manual_dir_hint()}"
-        ) from error
-
-
-class _FailFastDownloadManager:
-    """Wrap a TFDS download manager so that an offline download fails at once.
-
-    `download` probes the host before handing the URL to TFDS and turns any
-    download failure into DatasetUnavailableError.
-    """
-
-    def __init__(self, dl_manager: tfds.download.DownloadManager):
-        self._dl_manager = dl_manager
-
-    def __getattr__(self, name: str):
-        return getattr(self._dl_manager, name)
-
-    def download(self, url: str):
-        _check_reachable(url)
-        try:
-            return self._dl_manager.download(url)
-        except (
-            OSError,
-            requests.RequestException,
-            tfds.download.DownloadError,
-        ) as error:
-            raise DatasetUnavailableError(
-                f"The Tiny Shakespeare dataset could not be downloaded from {url} "
-                f"({type(error).__name__}: {error}). {_manual_dir_hint()}"
-            ) from error
 
 
 class TinyShakespeare(_UpstreamBuilder, skip_registration=True):
@@ -149,7 +81,13 @@ class TinyShakespeare(_UpstreamBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         if self._requested_manual_dir is None:
-            return super()._split_generators(_FailFastDownloadManager(dl_manager))
+            return super()._split_generators(
+                FailFastDownloadManager(
+                    dl_manager,
+                    dataset="The Tiny Shakespeare dataset",
+                    hint=_manual_dir_hint(),
+                )
+            )
 
         path = self._requested_manual_dir / INPUT_FILENAME
         if not path.is_file():
