@@ -74,12 +74,20 @@ def fused_attention(
     mask: Array | None = None,
     bias: Array | None = None,
 ) -> Array:
-    """Attend through `jax.nn.dot_product_attention` (no dropout).
+    """Attend without dropout: `attention_weights` then `weighted_values`.
 
-    Same result as `attention_weights` then `weighted_values` without
-    dropout; XLA or cuDNN picks the kernel.
-    Rows whose keys are all masked return zeros here too.
+    On the CPU this runs those two functions. Elsewhere it calls
+    `jax.nn.dot_product_attention`, whose kernel XLA or cuDNN picks. Rows
+    whose keys are all masked return zeros on both paths.
+
+    NOTE: on the XLA CPU backend (jax 0.10.2), `jax.nn.dot_product_attention`
+    reshapes the heads into key/value groups of one, and the extra axis costs
+    transposes of the T x S weights. The masked-LM train step of
+    `benchmarks/shapes.py` config A took 1.86 s through it and 1.77 s
+    through the einsums (medians of 5, alternating).
     """
+    if current_backend() == "cpu":
+        return weighted_values(attention_weights(q, k, mask=mask, bias=bias), v)
     out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
     if mask is not None:
         any_key = jnp.any(mask, axis=-1)  # [B, 1, T]
