@@ -16,6 +16,7 @@ from benchmarks import (
     compile_time,
     harness,
     long_context,
+    op_profile,
     report,
     rotary,
     run_all,
@@ -680,3 +681,95 @@ def test_gpu_quick_runs_on_cpu():
     assert 0 < result["mfu"]
     assert math.isfinite(result["loss"])
     assert "tokens/s, MFU" in gpu.summary_line(result)
+
+
+# --- op profile -----------------------------------------------------------------
+
+HLO_EXCERPT = """
+  %ynn_fusion.3 = f32[64,8000]{1,0} fusion(%a, %b), kind=kCustom, metadata={op_name="jit(train_step)/jvp(LanguageModel)/lm_head/transformer.attend/dot_general" stack_frame_id=1}
+  %bitcast_pad_fusion = f32[2,4]{1,0} fusion(%c), kind=kLoop, metadata={op_name="jit(train_step)/transpose(jvp(LanguageModel))/transformer/layer_0/attention/position.transform/pad"}
+  ROOT %add.7 = f32[4]{0} add(%d, %e), metadata={op_name="jit(train_step)/add"}
+  %param.1 = f32[4]{0} parameter(0)
+"""
+
+
+def test_op_profile_reads_instruction_names():
+    ops = op_profile.instruction_ops(HLO_EXCERPT)
+
+    assert set(ops) == {"ynn_fusion.3", "bitcast_pad_fusion", "add.7"}
+    assert ops["add.7"] == "jit(train_step)/add"
+
+
+@pytest.mark.parametrize(
+    "op_name, expected_direction, expected_category",
+    [
+        (
+            "jit(train_step)/transpose(jvp(LanguageModel))/transformer/layer_3/"
+            "attention/position.transform/pad",
+            "backward",
+            "rotary position encoding",
+        ),
+        (
+            "jit(train_step)/jvp(LanguageModel)/transformer/layer_0/attention/"
+            "btnh,bsnh->bnts/dot_general",
+            "forward",
+            "attention matmuls (QK, weights x V)",
+        ),
+        (
+            "jit(train_step)/jvp(LanguageModel)/transformer/layer_0/attention/"
+            "query/dot_general",
+            "forward",
+            "q, k, v and output projections",
+        ),
+        (
+            "jit(train_step)/jvp(LanguageModel)/transformer/layer_1/attention/"
+            "jit(_bernoulli)/jit(_uniform)/add",
+            "forward",
+            "dropout masks (threefry random bits)",
+        ),
+        ("jit(train_step)/jvp()/reduce_max", "forward", "loss (softmax cross-entropy)"),
+        ("jit(train_step)/mul", "optimizer", "optimizer, clipping and metrics"),
+    ],
+)
+def test_op_profile_classifies(op_name, expected_direction, expected_category):
+    assert op_profile.direction(op_name) == expected_direction
+    assert op_profile.category(op_name) == expected_category
+
+
+def test_op_profile_sums_by_category():
+    ops = op_profile.instruction_ops(HLO_EXCERPT)
+    seconds = {"ynn_fusion.3": 0.5, "bitcast_pad_fusion": 0.25, "add.7": 0.125}
+
+    summary_ = op_profile.summarize(seconds, ops, top=2)
+
+    assert summary_["total_seconds"] == 0.875
+    assert summary_["by_category"]["LM head (tied output projection)"] == 0.5
+    assert summary_["by_direction"] == {
+        "forward": 0.5,
+        "backward": 0.25,
+        "optimizer": 0.125,
+    }
+    assert [row["instruction"] for row in summary_["costliest"]] == [
+        "ynn_fusion.3",
+        "bitcast_pad_fusion",
+    ]
+
+
+def test_op_profile_page_lists_every_part():
+    result = {
+        "config": "A",
+        "dropout": 0.1,
+        "step_seconds": 1.0,
+        "total_seconds": 0.875,
+        "by_category": {"LM head (tied output projection)": 0.5, "other": 0.375},
+        "by_direction": {"forward": 0.875},
+        "costliest": [
+            {"instruction": "ynn_fusion.3", "seconds": 0.5, "op_name": "a|b"}
+        ],
+    }
+    meta = {"command": "python -m benchmarks.op_profile", "machine": "m", "date": "d"}
+
+    page = op_profile.render([result], meta)
+
+    assert "| LM head (tied output projection) | 500.0 | 57.1% |" in page
+    assert "`a\\|b`" in page
