@@ -17,6 +17,7 @@ import math
 import os
 import statistics
 
+import jax
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
@@ -27,6 +28,7 @@ from roformer_jax.train import length_eval
 from roformer_jax.train.metrics import read_metrics
 from roformer_jax.train.state import parameter_count
 from roformer_jax.train.trainer import setup, train_loop
+from roformer_jax.train.validation import validate_config
 
 TRAINER_GROUPS = ("seed", "task", "model", "data", "optim", "train", "mesh")
 RESULT_FILENAME = "result.json"
@@ -233,6 +235,11 @@ def run_grid(config, root: str, shard: str = "0/1") -> list[dict]:
     index, count = parse_shard(shard)
     specs = grid(config)
     mine = specs[index::count]
+    # Check the grid and every cell before the first run, so a bad cell
+    # fails now rather than when its turn comes.
+    validate_config(config, device_count=jax.device_count())
+    for spec in mine:
+        validate_config(run_config(config, spec), device_count=jax.device_count())
     for number, spec in enumerate(mine, start=1):
         logger.info("Run %d/%d of this shard: %s", number, len(mine), spec.name)
         run_one(config, spec, root)

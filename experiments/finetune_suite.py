@@ -17,6 +17,7 @@ import os
 import statistics
 import time
 
+import jax
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
@@ -24,6 +25,7 @@ from ml_collections import config_flags
 from configs import finetune as finetune_configs
 from configs import mlm_pretrain
 from roformer_jax.train.trainer import train_and_evaluate
+from roformer_jax.train.validation import validate_config, validate_suite_config
 
 RESULT_FILENAME = "result.json"
 
@@ -80,7 +82,22 @@ def _workdirs(root: str, label: str, encoding: str, seed: int) -> str:
 
 
 def run_suite(suite, root: str) -> list[dict]:
-    """Train whatever is missing under `root` and return every result."""
+    """Train whatever is missing under `root` and return every result.
+
+    Every pre-training and fine-tuning config is validated first, so a bad
+    fine-tuning setting fails before any pre-training runs.
+    """
+    validate_suite_config(suite)
+    for encoding in suite.encodings:
+        pre_dir = os.path.join(root, "pretrain", encoding)
+        checked = [pretrain_config(suite, encoding)]
+        checked += [
+            finetune_config(suite, label, encoding, seed, pre_dir)
+            for label in suite.runs
+            for seed in suite.seeds
+        ]
+        for config in checked:
+            validate_config(config, device_count=jax.device_count())
     results = []
     for encoding in suite.encodings:
         pre_dir = os.path.join(root, "pretrain", encoding)

@@ -155,3 +155,19 @@ def test_rescalings_only_for_listed_labels(tfds_dir, tmp_path):
     config = smoke_grid(tfds_dir, encodings=("rope_half",))
     result = ablation.run_grid(config, str(tmp_path))[0]
     assert set(result["extrapolation"]) == {"plain@1x", "plain@2x", "plain@4x"}
+
+
+def test_bad_cell_fails_before_any_run(tfds_dir, tmp_path):
+    config = smoke_grid(tfds_dir, encodings=("alibi", "learned"))
+    with config.unlocked():
+        # The second cell's size makes the heads indivisible; it must fail
+        # before the first cell trains.
+        config.grid.sizes = ("tiny", "odd")
+        config.grid.size_overrides.odd = dict(config.grid.size_overrides.tiny)
+        config.grid.size_overrides.odd["num_heads"] = 7
+    root = tmp_path / "grid"
+
+    with pytest.raises(ValueError, match="num_heads"):
+        ablation.run_grid(config, str(root))
+
+    assert not root.exists() or not any(root.iterdir())

@@ -71,3 +71,14 @@ def test_summary_mean_and_std():
 def test_unknown_suite_is_rejected():
     with pytest.raises(ValueError, match="'glue' or 'cail'"):
         suite_configs.get_config("mnli")
+
+
+def test_bad_finetune_setting_fails_before_pretraining(tmp_path):
+    suite = smoke_suite(tmp_path)
+    suite.runs["sst2"]["overrides"] = {"optim": {"learning_rate": -1.0}}
+    root = tmp_path / "suite"
+
+    with pytest.raises(ValueError, match="learning_rate"):
+        finetune_suite.run_suite(suite, str(root))
+
+    assert not (root / "pretrain").exists()

@@ -13,6 +13,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
+# The logical axes that parameters and activations are annotated with.
+LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab")
 BATCH_MESH_AXES = ("data", "fsdp")  # The batch is split over both.
 
 
