@@ -4,6 +4,11 @@
       [--config.train.num_train_steps=5000 ...]
 
 Running the same command again resumes from the latest checkpoint in DIR.
+
+For multi-process training, run the same command once per process. Under
+Slurm, Open MPI, Cloud TPU or Kubernetes the processes find each other on
+their own; elsewhere give each one --coordinator_address=HOST:PORT (of
+process 0), --num_processes=P and --process_id=0..P-1.
 """
 
 import logging
@@ -18,6 +23,7 @@ from roformer_jax.data.corpora import CorpusError
 from roformer_jax.data.text_classification import DataFileError
 from roformer_jax.data.tiny_shakespeare import DatasetUnavailableError
 from roformer_jax.data.tokenizers import TokenizerError
+from roformer_jax.train import distributed
 from roformer_jax.train.checkpoint import CheckpointMismatchError
 from roformer_jax.train.faults import NonFiniteError
 from roformer_jax.train.pretrained import PretrainedMismatchError
@@ -29,6 +35,8 @@ from roformer_jax.train.validation import ConfigError
 # so the command prints the message alone, without a traceback.
 USER_INPUT_ERRORS = (
     ConfigError,
+    distributed.DistributedConfigError,
+    distributed.FirstProcessError,
     DatasetUnavailableError,
     CheckpointMismatchError,
     CorpusError,
@@ -64,6 +72,19 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, metrics and the tokenizer."
 )
+flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "HOST:PORT of process 0, where jax.distributed starts its coordinator. "
+    "Give it with --num_processes and --process_id, or leave all three unset "
+    "for a single process or a cluster launcher that JAX detects.",
+)
+flags.DEFINE_integer(
+    "num_processes", None, "Number of processes in a multi-process run."
+)
+flags.DEFINE_integer(
+    "process_id", None, "Index of this process, 0 to --num_processes - 1."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -88,6 +109,10 @@ def _main(argv) -> None:
     # JAX reports at INFO each accelerator backend it did not find.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     try:
+        distributed.initialize(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
+        distributed.quiet_other_processes()
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except USER_INPUT_ERRORS as error:
         logging.error("%s: %s", type(error).__name__, error)

@@ -13,6 +13,11 @@ each `[batch_size, seq_len]`:
   Attention should stay within a segment.
 - `token_types` (int32): all 0, since a piece is a single sentence.
 
+With `num_shards` n > 1, batch_size B is the global batch size and each batch
+contains only rows [i * B / n, (i + 1) * B / n) of shard `shard_index` i, as in
+`windows`. Each row is masked by its own generator, so a shard's rows equal
+the same rows of the unsharded batch.
+
 Tokenization happens elsewhere, so ids arrive as arrays.
 """
 
@@ -24,6 +29,8 @@ import itertools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from roformer_jax.data.windows import shard_rows
 
 # Number of special tokens around every piece: [CLS] before, [SEP] after.
 NUM_SPECIAL_TOKENS = 2
@@ -444,6 +451,20 @@ def _check_batch_arguments(
     _check_mask_rate(mask_rate)
 
 
+def _masked_rows(
+    generators: list[np.random.Generator],
+    packed: PackedSequences,
+    rows: np.ndarray,
+    **masking,
+) -> dict[str, np.ndarray]:
+    """Mask each of `rows` with its own generator and stack the results."""
+    masked = [
+        _batch_from_rows(generator, packed, np.array([row]), **masking)
+        for generator, row in zip(generators, rows, strict=True)
+    ]
+    return {key: np.concatenate([row[key] for row in masked]) for key in masked[0]}
+
+
 def _batch_from_rows(
     rng: np.random.Generator,
     packed: PackedSequences,
@@ -475,10 +496,11 @@ class MaskedLMBatches:
 
     Rows are visited in a random order per epoch, seeded by (seed, epoch).
     Step s uses rows s*B .. s*B + B - 1 of the concatenated epoch orders, so a
-    batch can span the end of one epoch and the start of the next. Masks come
-    from a generator seeded by (seed, step). The batch of step s therefore
-    depends only on (seed, s), and a resumed run gets the same batches as one
-    that never stopped.
+    batch can span the end of one epoch and the start of the next. The mask
+    of row r of the batch comes from a generator seeded by (seed, s, r). The
+    batch of step s therefore depends only on (seed, s), and a resumed run
+    gets the same batches as one that never stopped. `batch` returns the rows
+    of shard `shard_index` of `num_shards`.
     """
 
     def __init__(
@@ -491,8 +513,13 @@ class MaskedLMBatches:
         replacement_ids,
         mask_rate: float = 0.15,
         whole_word: bool = False,
+        num_shards: int = 1,
+        shard_index: int = 0,
     ):
         _check_batch_arguments(packed, batch_size, seed, mask_rate)
+        self.shard = shard_rows(
+            batch_size, num_shards=num_shards, shard_index=shard_index
+        )
         self.packed = packed
         self.batch_size = batch_size
         self.seed = seed
@@ -511,7 +538,8 @@ class MaskedLMBatches:
 
     @property
     def tokens_per_batch(self) -> int:
-        """batch_size * seq_len, the token positions of a batch including padding."""
+        """batch_size * seq_len, the token positions of a global batch including
+        padding."""
         return self.batch_size * self.packed.seq_len
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -527,7 +555,8 @@ class MaskedLMBatches:
         return order
 
     def rows(self, step: int) -> np.ndarray:
-        """Return the indices into `packed` of the rows of batch `step`."""
+        """Return the indices into `packed` of the rows of global batch `step`,
+        all shards included."""
         if step < 0:
             raise ValueError(f"step must be non-negative, got {step}.")
         flat = step * self.batch_size + np.arange(self.batch_size)
@@ -540,13 +569,16 @@ class MaskedLMBatches:
         return rows
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        """Return the batch of training step `step` (a non-negative int)."""
+        """Return this shard's rows of the batch of training step `step`."""
         rows = self.rows(step)
-        rng = np.random.default_rng([self.seed, _TRAIN_MASK_STREAM, step])
-        return _batch_from_rows(
-            rng,
+        batch_rows = range(self.shard.start, self.shard.stop)
+        return _masked_rows(
+            [
+                np.random.default_rng([self.seed, _TRAIN_MASK_STREAM, step, row])
+                for row in batch_rows
+            ],
             self.packed,
-            rows,
+            rows[self.shard],
             mask_id=self.mask_id,
             replacement_ids=self.replacement_ids,
             mask_rate=self.mask_rate,
@@ -568,6 +600,8 @@ def masked_eval_batches(
     replacement_ids,
     mask_rate: float = 0.15,
     whole_word: bool = False,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield masked batches of every row of `packed` once, in order.
 
@@ -575,18 +609,23 @@ def masked_eval_batches(
     the same on every call and for every batch_size. The last batch is padded
     to batch_size with rows of zeros (ids 0, weight 0, segment 0), so every
     batch is `[batch_size, seq_len]` and sum(loss * weights) / sum(weights)
-    over all batches is the mean loss per masked token.
+    over all batches is the mean loss per masked token. With `num_shards`,
+    each batch contains only the rows of shard `shard_index`, and every shard
+    yields the same number of batches.
 
     Raises:
       ValueError: batch_size is below 1, seed is negative, mask_rate is not in
-        (0, 1], or replacement_ids is invalid.
+        (0, 1], replacement_ids is invalid, or the shard is invalid (see
+        `shard_rows`).
     """
     _check_batch_arguments(packed, batch_size, seed, mask_rate)
+    shard = shard_rows(batch_size, num_shards=num_shards, shard_index=shard_index)
     replacement_ids = _as_replacement_ids(replacement_ids)
     # The checks above run at call time. The generator starts at the first next().
     return _masked_eval_batches(
         packed,
         batch_size=batch_size,
+        shard=shard,
         seed=seed,
         mask_id=mask_id,
         replacement_ids=replacement_ids,
@@ -599,36 +638,30 @@ def _masked_eval_batches(
     packed: PackedSequences,
     *,
     batch_size: int,
+    shard: slice,
     seed: int,
-    mask_id: int,
-    replacement_ids: np.ndarray,
-    mask_rate: float,
-    whole_word: bool,
+    **masking,
 ) -> Iterator[dict[str, np.ndarray]]:
+    num_local_rows = shard.stop - shard.start
+    # The dtypes of a masked batch. Padding rows take them too, also in a
+    # shard that contains padding only.
+    dtypes = {key: np.int32 for key in ("inputs", "targets", "positions")}
+    dtypes.update(segment_ids=np.int32, token_types=np.int32, weights=np.float32)
     for first in range(0, packed.num_rows, batch_size):
-        rows = list(range(first, min(first + batch_size, packed.num_rows)))
-        masked_rows = [
-            _batch_from_rows(
-                np.random.default_rng([seed, _EVAL_MASK_STREAM, row]),
-                packed,
-                np.array([row]),
-                mask_id=mask_id,
-                replacement_ids=replacement_ids,
-                mask_rate=mask_rate,
-                whole_word=whole_word,
-            )
-            for row in rows
-        ]
-        batch = {
-            key: np.concatenate([masked[key] for masked in masked_rows])
-            for key in masked_rows[0]
-        }
-        num_padding = batch_size - len(rows)
+        stop = min(first + shard.stop, packed.num_rows)
+        rows = np.arange(first + shard.start, max(stop, first + shard.start))
+        num_padding = num_local_rows - len(rows)
+        parts = []
+        if len(rows):
+            generators = [
+                np.random.default_rng([seed, _EVAL_MASK_STREAM, row]) for row in rows
+            ]
+            parts.append(_masked_rows(generators, packed, rows, **masking))
         if num_padding:
-            batch = {
-                key: np.concatenate(
-                    [value, np.zeros((num_padding, packed.seq_len), value.dtype)]
-                )
-                for key, value in batch.items()
-            }
-        yield batch
+            parts.append(
+                {
+                    key: np.zeros((num_padding, packed.seq_len), dtype)
+                    for key, dtype in dtypes.items()
+                }
+            )
+        yield {key: np.concatenate([part[key] for part in parts]) for key in dtypes}

@@ -9,6 +9,9 @@ is a dict of numpy arrays:
   marks real tokens, 0 padding.
 - `labels`: `[B]`, int32 class or float32 regression target.
 - `weights` (float32): `[B]`, 0 on rows that pad the last evaluation batch.
+
+With `num_shards` n > 1, B is the global batch size and each batch contains only
+rows [i * B / n, (i + 1) * B / n) of shard `shard_index` i, as in `windows`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from roformer_jax.data.windows import shard_rows
 
 
 def _truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list, list]:
@@ -108,9 +113,18 @@ class ShuffledBatches:
     Epoch e uses a permutation seeded by (seed, e), and step s takes rows
     s*B .. s*B+B-1 of the concatenated permutations, so the batch of step s
     depends only on (seed, s) and a resumed run sees the same batches.
+    `batch` returns the rows of shard `shard_index` of `num_shards` of them.
     """
 
-    def __init__(self, examples: EncodedExamples, *, batch_size: int, seed: int):
+    def __init__(
+        self,
+        examples: EncodedExamples,
+        *,
+        batch_size: int,
+        seed: int,
+        num_shards: int = 1,
+        shard_index: int = 0,
+    ):
         if len(examples) == 0:
             raise ValueError("The training split has no examples; check the data.")
         if batch_size < 1:
@@ -118,6 +132,9 @@ class ShuffledBatches:
         self.examples = examples
         self.batch_size = batch_size
         self.seed = seed
+        self.shard = shard_rows(
+            batch_size, num_shards=num_shards, shard_index=shard_index
+        )
         self._permutations: dict[int, np.ndarray] = {}
 
     def _permutation(self, epoch: int) -> np.ndarray:
@@ -132,7 +149,8 @@ class ShuffledBatches:
         if step < 0:
             raise ValueError(f"step must be non-negative, got {step}.")
         count = len(self.examples)
-        flat = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        first = step * self.batch_size
+        flat = np.arange(first + self.shard.start, first + self.shard.stop)
         rows = np.array(
             [self._permutation(int(i // count))[i % count] for i in flat],
             dtype=np.int64,
@@ -142,19 +160,29 @@ class ShuffledBatches:
             examples.tokens[rows], examples.token_types[rows], examples.lengths[rows]
         )
         batch["labels"] = examples.labels[rows]
-        batch["weights"] = np.ones(self.batch_size, dtype=np.float32)
+        batch["weights"] = np.ones(len(rows), dtype=np.float32)
         return batch
 
 
 def ordered_batches(
-    examples: EncodedExamples, *, batch_size: int
+    examples: EncodedExamples,
+    *,
+    batch_size: int,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield every example once, in order, and fill the last batch with
     copies of example 0 at weight 0 (copies rather than empty rows, because a
-    row with no real token would attend to nothing)."""
+    row with no real token would attend to nothing).
+
+    Each batch contains the rows of shard `shard_index` of `num_shards`, and
+    every shard yields the same number of batches. The shard is checked at
+    the first `next()`.
+    """
+    shard = shard_rows(batch_size, num_shards=num_shards, shard_index=shard_index)
     count = len(examples)
     for first in range(0, count, batch_size):
-        rows = np.arange(first, first + batch_size)
+        rows = np.arange(first + shard.start, first + shard.stop)
         real = rows < count
         rows = np.where(real, rows, 0)
         batch = _layout(

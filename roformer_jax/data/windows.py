@@ -8,6 +8,11 @@ Every batch is a dict of numpy arrays, each `[batch_size, seq_len]`:
   batches restart them at every document.
 - `segment_ids` (int32): 1 for real input tokens, 0 for padding.
 - `weights` (float32): 1 for real targets, 0 for padding.
+
+With `num_shards` n > 1, a source builds only shard `shard_index` i of every
+batch: rows [i * B / n, (i + 1) * B / n) of the batch of B rows that a single
+process would build, so each process of a multi-process run loads only its
+own rows.
 """
 
 from __future__ import annotations
@@ -34,6 +39,29 @@ def _as_token_array(tokens: np.ndarray) -> np.ndarray:
     return tokens.astype(np.int32)
 
 
+def shard_rows(batch_size: int, *, num_shards: int, shard_index: int) -> slice:
+    """Return the rows [i * B / n, (i + 1) * B / n) of shard i of n of a batch.
+
+    Raises:
+      ValueError: num_shards is below 1, shard_index is outside
+        [0, num_shards), or batch_size is not a multiple of num_shards.
+    """
+    _check_positive("num_shards", num_shards)
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(
+            f"shard_index={shard_index} is outside [0, {num_shards}); pass the "
+            f"index of this process's shard, from 0 to num_shards - 1."
+        )
+    if batch_size % num_shards:
+        raise ValueError(
+            f"batch_size={batch_size} is not divisible by num_shards={num_shards}, "
+            "so the shards would differ in size; use a batch size that is a "
+            f"multiple of {num_shards}."
+        )
+    rows = batch_size // num_shards
+    return slice(shard_index * rows, (shard_index + 1) * rows)
+
+
 def _positions(batch_size: int, seq_len: int) -> np.ndarray:
     return np.tile(np.arange(seq_len, dtype=np.int32), (batch_size, 1))
 
@@ -42,12 +70,25 @@ class RandomWindows:
     """Training batches of windows that start at uniformly random offsets.
 
     The batch of step s depends only on (seed, s), so a run resumed at step s
-    sees the same batches as one that never stopped.
+    sees the same batches as one that never stopped. `batch_size` is the
+    global B; `batch` returns the rows of shard `shard_index` of `num_shards`.
     """
 
-    def __init__(self, tokens: np.ndarray, *, seq_len: int, batch_size: int, seed: int):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        *,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        num_shards: int = 1,
+        shard_index: int = 0,
+    ):
         _check_positive("seq_len", seq_len)
         _check_positive("batch_size", batch_size)
+        self.shard = shard_rows(
+            batch_size, num_shards=num_shards, shard_index=shard_index
+        )
         if seed < 0:
             raise ValueError(f"seed must be non-negative, got {seed}.")
         tokens = _as_token_array(tokens)
@@ -65,18 +106,25 @@ class RandomWindows:
         self.num_starts = len(tokens) - seq_len
         self._offsets = np.arange(seq_len + 1)
 
+    @property
+    def local_batch_size(self) -> int:
+        """Rows of this shard, batch_size / num_shards."""
+        return self.shard.stop - self.shard.start
+
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        """Return the batch of training step `step` (a non-negative int)."""
+        """Return this shard's rows of the batch of training step `step`."""
         if step < 0:
             raise ValueError(f"step must be non-negative, got {step}.")
         rng = np.random.default_rng([self.seed, step])
-        starts = rng.integers(0, self.num_starts, size=self.batch_size)
+        # Drawing every row's start keeps each shard's rows equal to the same
+        # rows of the unsharded batch; only this shard's windows are gathered.
+        starts = rng.integers(0, self.num_starts, size=self.batch_size)[self.shard]
         windows = self.tokens[starts[:, None] + self._offsets]
-        shape = (self.batch_size, self.seq_len)
+        shape = (self.local_batch_size, self.seq_len)
         return {
             "inputs": np.ascontiguousarray(windows[:, :-1]),
             "targets": np.ascontiguousarray(windows[:, 1:]),
-            "positions": _positions(self.batch_size, self.seq_len),
+            "positions": _positions(self.local_batch_size, self.seq_len),
             "segment_ids": np.ones(shape, dtype=np.int32),
             "weights": np.ones(shape, dtype=np.float32),
         }
@@ -88,7 +136,12 @@ class RandomWindows:
 
 
 def eval_batches(
-    tokens: np.ndarray, *, seq_len: int, batch_size: int
+    tokens: np.ndarray,
+    *,
+    seq_len: int,
+    batch_size: int,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Yield batches of contiguous, non-overlapping windows over `tokens`.
 
@@ -97,25 +150,28 @@ def eval_batches(
     weight 0 and segment id 0, so every batch is `[batch_size, seq_len]` and
     sum(loss * weights) / sum(weights) over all batches is the mean loss per
     target. Each window starts a fresh context, so the first targets of a
-    window are predicted from fewer than seq_len tokens.
+    window are predicted from fewer than seq_len tokens. With `num_shards`,
+    each batch contains only the rows of shard `shard_index`, and every shard
+    yields the same number of batches.
 
     Raises:
-      ValueError: seq_len or batch_size is below 1, or tokens has fewer than 2
-        tokens (no target to predict).
+      ValueError: seq_len or batch_size is below 1, the shard is invalid (see
+        `shard_rows`), or tokens has fewer than 2 tokens (no target to predict).
     """
     _check_positive("seq_len", seq_len)
     _check_positive("batch_size", batch_size)
+    rows = shard_rows(batch_size, num_shards=num_shards, shard_index=shard_index)
     tokens = _as_token_array(tokens)
     if len(tokens) < 2:
         raise ValueError(
             f"Evaluation needs at least 2 tokens (1 target), got {len(tokens)}."
         )
     # The checks above run at call time; the generator starts at the first next().
-    return _eval_batches(tokens, seq_len, batch_size)
+    return _eval_batches(tokens, seq_len, batch_size, rows)
 
 
 def _eval_batches(
-    tokens: np.ndarray, seq_len: int, batch_size: int
+    tokens: np.ndarray, seq_len: int, batch_size: int, shard: slice
 ) -> Iterator[dict[str, np.ndarray]]:
     num_tokens = len(tokens)
     num_targets = num_tokens - 1
@@ -129,11 +185,11 @@ def _eval_batches(
     index = np.arange(padded_windows * seq_len).reshape(padded_windows, seq_len)
 
     for first in range(0, padded_windows, batch_size):
-        rows = index[first : first + batch_size]
+        rows = index[first + shard.start : first + shard.stop]
         yield {
             "inputs": padded[rows],
             "targets": padded[rows + 1],
-            "positions": _positions(batch_size, seq_len),
+            "positions": _positions(len(rows), seq_len),
             "segment_ids": (rows < num_tokens).astype(np.int32),
             "weights": (rows < num_targets).astype(np.float32),
         }

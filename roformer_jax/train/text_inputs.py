@@ -3,7 +3,9 @@ classification, regression and matching datasets.
 
 The tokenizer is stored in `WORKDIR/tokenizer/`. A resumed run reloads it;
 a fine-tuning run copies it from the pre-training run it starts from, so
-token ids mean the same thing in both.
+token ids mean the same thing in both. In a multi-process run, process 0
+builds and stores the tokenizer and the other processes load its copy, so
+the workdir must be on storage that every process reads.
 """
 
 import logging
@@ -20,6 +22,8 @@ from roformer_jax.data.sequence_batches import (
     pad_encoded,
 )
 from roformer_jax.data.tokenizers import Tokenizer, TokenizerSpec, train_wordpiece
+from roformer_jax.train import distributed
+from roformer_jax.train.distributed import WHOLE_BATCH, BatchShard
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +66,20 @@ def load_or_build_tokenizer(config, workdir: str, training_texts) -> Tokenizer:
     `tokenizer.vocab_file`, or train a WordPiece vocabulary on the texts.
 
     `training_texts` is a callable returning the texts, so they are only
-    read when a vocabulary has to be trained.
+    read when a vocabulary has to be trained. Process 0 chooses and stores
+    the tokenizer; the other processes then load the stored copy.
     """
+    stored_dir = os.path.join(workdir, TOKENIZER_DIRNAME)
+    tokenizer = distributed.run_on_first_process(
+        lambda: _choose_and_store_tokenizer(config, workdir, training_texts),
+        f"prepare the tokenizer in {stored_dir}",
+    )
+    if tokenizer is None:
+        tokenizer = Tokenizer.load(stored_dir)
+    return tokenizer
+
+
+def _choose_and_store_tokenizer(config, workdir: str, training_texts) -> Tokenizer:
     stored_dir = os.path.join(workdir, TOKENIZER_DIRNAME)
     init_workdir = config.get("finetune", {}).get("init_workdir")
     init_hf_dir = config.get("finetune", {}).get("init_hf_dir")
@@ -172,8 +188,9 @@ def _encode_documents(tokenizer: Tokenizer, documents, whole_word: bool):
     return ids, (starts if whole_word else None)
 
 
-def load_masked_lm_data(config, workdir: str):
-    """Read, split, tokenize and pack the corpus; return the task data parts."""
+def load_masked_lm_data(config, workdir: str, shard: BatchShard = WHOLE_BATCH):
+    """Read, split, tokenize and pack the corpus, and return the task data
+    parts, whose batches contain the rows of `shard`."""
     data = config.data
     if data.dataset not in MASKED_LM_DATASETS:
         raise DataConfigError(
@@ -214,6 +231,8 @@ def load_masked_lm_data(config, workdir: str):
         replacement_ids=replacement_ids,
         mask_rate=data.mask_rate,
         whole_word=data.whole_word_masking,
+        num_shards=shard.count,
+        shard_index=shard.index,
     )
     predictions = max_predictions(data.seq_len, data.mask_rate)
     train = GatheredPredictions(
@@ -412,11 +431,16 @@ def _warn_unknown_tokens(tokenizer: Tokenizer, examples: EncodedExamples) -> Non
         )
 
 
-def load_classification_data(config, workdir: str):
-    """Read, tokenize and batch a classification, regression or matching task."""
+def load_classification_data(config, workdir: str, shard: BatchShard = WHOLE_BATCH):
+    """Read, tokenize and batch a classification, regression or matching
+    task. The batches contain the rows of `shard`."""
     data = config.data
-    train_examples, validation_examples, description = read_classification_examples(
-        config
+    # GLUE comes through TFDS, which prepares it on first use; process 0 does
+    # that, so processes sharing data.data_dir do not write the same files.
+    train_examples, validation_examples, description = (
+        distributed.run_first_process_first(
+            lambda: read_classification_examples(config), f"read {data.dataset}"
+        )
     )
     tokenizer = load_or_build_tokenizer(
         config, workdir, lambda: list(_examples_texts(train_examples))
@@ -448,10 +472,19 @@ def load_classification_data(config, workdir: str):
         data.seq_len,
     )
     train = ShuffledBatches(
-        encoded[0], batch_size=data.global_batch_size, seed=config.seed
+        encoded[0],
+        batch_size=data.global_batch_size,
+        seed=config.seed,
+        num_shards=shard.count,
+        shard_index=shard.index,
     )
 
     def eval_batches():
-        return ordered_batches(encoded[1], batch_size=data.eval_batch_size)
+        return ordered_batches(
+            encoded[1],
+            batch_size=data.eval_batch_size,
+            num_shards=shard.count,
+            shard_index=shard.index,
+        )
 
     return tokenizer, train, eval_batches, description

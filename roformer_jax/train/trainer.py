@@ -1,7 +1,9 @@
 """The trainer, in named phases: setup, data, model and state, restore, loop.
 
 Experiments, tests and notebooks call `train_and_evaluate(config, workdir)`;
-there is no other training loop.
+there is no other training loop. In a multi-process run (see `distributed`)
+every process runs it: each loads its own rows of every batch, process 0
+writes the workdir's files, and all processes save and restore checkpoints.
 """
 
 import contextlib
@@ -16,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from roformer_jax.data.prefetch import Prefetcher
-from roformer_jax.train import faults, perf, pretrained, tasks
+from roformer_jax.train import distributed, faults, perf, pretrained, tasks
 from roformer_jax.train import mesh as mesh_lib
 from roformer_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
 from roformer_jax.train.inputs import TaskData, load_task_data
@@ -63,14 +65,17 @@ def _write_config(config, workdir: str) -> None:
 
 
 def _global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Place this process's rows of a global batch into a sharded array."""
-    sharding = mesh_lib.batch_sharding(mesh)
-    processes, index = jax.process_count(), jax.process_index()
+    """Assemble global batch arrays from this process's rows of them.
 
-    def place(array: np.ndarray) -> jax.Array:
-        rows = array.shape[0] // processes
-        local = array[index * rows : (index + 1) * rows]
-        return jax.make_array_from_process_local_data(sharding, local, array.shape)
+    `batch` contains the rows of `distributed.process_batch_shard(mesh)`, so
+    the global batch has `count` times as many rows.
+    """
+    sharding = mesh_lib.batch_sharding(mesh)
+    shard_count = distributed.process_batch_shard(mesh).count
+
+    def place(local: np.ndarray) -> jax.Array:
+        global_shape = (local.shape[0] * shard_count, *local.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
     return {name: place(array) for name, array in batch.items()}
 
@@ -99,8 +104,15 @@ def setup(config, workdir: str) -> Run:
     mesh = mesh_lib.make_mesh(config.mesh)
     rules = mesh_lib.axis_rules(config.mesh)
     logger.info("Mesh %s over %d devices.", dict(mesh.shape), mesh.devices.size)
+    shard = distributed.process_batch_shard(mesh)
+    if shard.count > 1:
+        logger.info(
+            "Each of %d processes loads 1/%d of every batch.",
+            jax.process_count(),
+            shard.count,
+        )
 
-    data = load_task_data(config, workdir)
+    data = load_task_data(config, workdir, shard)
     model_config = validate_config(
         config, device_count=jax.device_count(), vocab_size=data.vocab_size
     )
@@ -147,7 +159,7 @@ def setup(config, workdir: str) -> Run:
         skip_nonfinite=config.train.get("nonfinite_policy", "stop") == "skip",
     )
     sample = data.train.batch(0)
-    tokens_per_step = int(sample["inputs"].size)
+    tokens_per_step = int(sample["inputs"].size) * shard.count
     flops = perf.model_flops_per_step(
         num_params=num_params,
         num_layers=model_config.num_layers,
@@ -158,7 +170,8 @@ def setup(config, workdir: str) -> Run:
     if "prediction_positions" in sample:
         # The tied output projection (6 V E FLOPs per token in 6 N) only
         # runs at the gathered positions.
-        skipped = tokens_per_step - sample["prediction_positions"].size
+        predicted = sample["prediction_positions"].size * shard.count
+        skipped = tokens_per_step - predicted
         flops -= 6.0 * model_config.vocab_size * model_config.embedding_dim * skipped
     return Run(
         config=config,
@@ -293,6 +306,23 @@ def _evaluate_and_log(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
+def _sigterm_received(terminate, step: int, train_config) -> bool:
+    """Return whether to stop for SIGTERM after `step`, alike on every process.
+
+    The checkpoint save that follows is collective, so all processes must
+    stop at the same step. They agree at log steps only, where the loop
+    already waits for the devices, so a multi-process run stops up to
+    train.log_every_steps steps after the signal.
+    """
+    if jax.process_count() == 1:
+        return bool(terminate)
+    if step % train_config.log_every_steps and step != train_config.num_train_steps:
+        return False
+    # NOTE: no test sends SIGTERM to a multi-process run; the 2-process test
+    # only runs this agreement with no signal.
+    return distributed.any_process(bool(terminate))
+
+
 def train_loop(run: Run, *, stop_after_step: int | None = None) -> dict[str, float]:
     """Train from `run.start_step` to `train.num_train_steps`; return the
     last evaluation metrics (an empty dict if no step ran).
@@ -355,14 +385,15 @@ def train_loop(run: Run, *, stop_after_step: int | None = None) -> dict[str, flo
                 guard.check(last_checkpoint)
                 eval_metrics = _evaluate_and_log(run, step)
                 paused = True
-            stopping = step == stop_after_step or bool(terminate)
+            terminated = _sigterm_received(terminate, step, train_config)
+            stopping = step == stop_after_step or terminated
             if step % train_config.checkpoint_every_steps == 0 or last or stopping:
                 guard.check(last_checkpoint)
                 faults.check_finite_parameters(metrics["train/param_norm"], step)
                 run.checkpointer.save(step, run.state, {"next_step": step})
                 last_checkpoint = step
                 paused = True
-            if terminate:
+            if terminated:
                 logger.info(
                     "Received SIGTERM: saved a checkpoint at step %d and stopped. "
                     "Run the same command to resume.",
