@@ -12,6 +12,7 @@ TPU flash kernels, and `select_implementation` picks a path for
 import jax
 import jax.numpy as jnp
 
+from roformer_jax import dropout
 from roformer_jax.attention.masks import SegmentMask, segment_mask
 
 Array = jax.Array
@@ -53,8 +54,7 @@ def attention_weights(
     if mask is not None:
         weights = jnp.where(mask, weights, 0.0)
     if dropout_rng is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+        weights = dropout.dropout(weights, dropout_rate, dropout_rng)
     return weights
 
 

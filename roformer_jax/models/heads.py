@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from roformer_jax.dropout import Dropout
 from roformer_jax.model_config import ModelConfig
 from roformer_jax.models.layers import dense_init
 from roformer_jax.models.roformer import Transformer
@@ -27,7 +28,7 @@ class ClassificationHead(nn.Module):
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool) -> Array:
         config = self.config
-        dropout = nn.Dropout(config.dropout_rate)
+        dropout = Dropout(config.dropout_rate)
         x = dropout(x[:, 0, :], deterministic=deterministic)  # The [CLS] token.
         x = nn.Dense(
             config.hidden_size,
