@@ -12,7 +12,10 @@ Variants, comma-separated after the colon:
 
 - `size=small` (default; a 2-core CPU trains it in minutes) or
   `size=paper`: 12 layers, 768 hidden, 12 heads, the character-level
-  Performer of the RoFormer paper's Enwik8 experiment.
+  Performer of the RoFormer paper's Enwik8 experiment. `size=1b`: 24
+  layers, 2048 hidden, 16 heads, 8192 feed-forward, 1.21B parameters.
+  tests/test_sharding.py compiles it for a 512-device mesh, but it has
+  not been trained.
 - `attention=linear` (default, FAVOR+) or `attention=softmax`;
   `feature_map=elu` for the elu + 1 map.
 - `posenc=rope` (default) or `posenc=none`, `learned`, `sinusoidal`.
@@ -28,6 +31,7 @@ from configs import tiny_shakespeare
 SIZES = {
     "small": dict(hidden_size=128, num_layers=4, num_heads=4, mlp_dim=512),
     "paper": dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+    "1b": dict(hidden_size=2048, num_layers=24, num_heads=16, mlp_dim=8192),
 }
 
 

@@ -3,7 +3,11 @@
 Dimension alphabet: B batch, T query length, S key length, N heads, H head
 dim, D model dim, E embedding dim, F feed-forward dim, V vocabulary.
 Parameters carry logical sharding axes (`vocab`, `embed`, `heads`, `kv`,
-`mlp`); `roformer_jax.train.mesh` maps them to mesh axes.
+`mlp`), and activations carry sharding constraints in the same logical axes
+(plus `batch` and `length`) at block boundaries. The rules in
+`config.mesh.axis_rules` map logical axes to mesh axes. Outside an
+`nn.logical_axis_rules` context with a mesh set, as in tests and decoding,
+the constraints do nothing.
 """
 
 import functools
@@ -18,17 +22,52 @@ import jax.numpy as jnp
 from roformer_jax import positions as position_encodings
 from roformer_jax import rotary
 from roformer_jax.attention import chunked, linear, masks, softmax
+from roformer_jax.dropout import Dropout
 from roformer_jax.model_config import ModelConfig
 
 Array = jax.Array
 
 logger = logging.getLogger(__name__)
 
+# Logical axes of the activations that carry sharding constraints.
+HIDDEN_AXES = ("batch", "length", "embed")  # [B, T, D] between blocks.
+HEAD_AXES = ("batch", "length", "heads", "kv")  # [B, T, N, H] queries, keys, values.
+MLP_AXES = ("batch", "length", "mlp")  # [B, T, F] feed-forward hidden.
+
 
 def dense_init(config: ModelConfig, axes: tuple[str | None, ...]):
     return nn.with_logical_partitioning(
         nn.initializers.normal(config.initializer_range), axes
     )
+
+
+class DenseGeneralPartitioned(nn.LogicallyPartitioned):
+    """Logical partitioning metadata that adds no sharding constraint while the
+    value lacks one dimension per logical name.
+
+    `nn.DenseGeneral` (flax 0.12.8) initialises a `[D, N, H]` kernel and an
+    `[N, H]` bias as flat `[D, N * H]` and `[N * H]` arrays, and unboxes them
+    before the reshape. Under a mesh context (`jax.set_mesh`,
+    `jax.sharding.use_abstract_mesh`), as in the train step, the stock
+    `nn.LogicallyPartitioned` then constrains the flat value with too many
+    names and raises. `apply` runs initialisers under `jax.eval_shape` to
+    check parameter shapes, so this happens on every call, not only in `init`.
+    """
+
+    def unbox(self, apply_constraint: bool = True):
+        if len(self.value.shape) != len(self.names):
+            return self.value
+        return super().unbox(apply_constraint)
+
+
+def dense_general_partitioning(initializer, axes: tuple[str | None, ...]):
+    """Wrap `initializer` as `nn.with_logical_partitioning` does, for the
+    kernel and bias of an `nn.DenseGeneral` with several feature axes."""
+
+    def init(*args, **kwargs) -> DenseGeneralPartitioned:
+        return DenseGeneralPartitioned(initializer(*args, **kwargs), axes)
+
+    return init
 
 
 def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
@@ -70,7 +109,7 @@ class Embeddings(nn.Module):
         self.position = encoding(config, name="position")
         if not config.pre_layer_norm:
             self.layer_norm = layer_norm(config, "layer_norm")
-        self.dropout = nn.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
         if config.embedding_dim != config.hidden_size:
             self.projection = nn.Dense(
                 config.hidden_size,
@@ -98,7 +137,7 @@ class Embeddings(nn.Module):
         x = self.dropout(x, deterministic=deterministic)
         if config.embedding_dim != config.hidden_size:
             x = self.projection(x)
-        return x.astype(config.dtype)
+        return nn.with_logical_constraint(x.astype(config.dtype), HIDDEN_AXES)
 
 
 # Position encodings that linear attention can use: those that only add
@@ -240,15 +279,19 @@ class SelfAttention(nn.Module):
         n, h = config.num_heads, config.head_dim
 
         def project(name):
-            return nn.DenseGeneral(
+            projected = nn.DenseGeneral(
                 (n, h),
                 dtype=config.dtype,
-                kernel_init=dense_init(config, ("embed", "heads", "kv")),
-                bias_init=nn.with_logical_partitioning(
+                kernel_init=dense_general_partitioning(
+                    nn.initializers.normal(config.initializer_range),
+                    ("embed", "heads", "kv"),
+                ),
+                bias_init=dense_general_partitioning(
                     nn.initializers.zeros, ("heads", "kv")
                 ),
                 name=name,
             )(x)  # [B, T, D] -> [B, T, N, H]
+            return nn.with_logical_constraint(projected, HEAD_AXES)
 
         q, k, v = project("query"), project("key"), project("value")
         if config.attention == "linear":
@@ -266,9 +309,10 @@ class SelfAttention(nn.Module):
         encoding = position_encodings.get(config.position_encoding)
         position = encoding(config, name="position")
         # NOTE: on the XLA CPU backend (jax 0.10.2) the forward rotation of q
-        # and k fuses with the projection's bias add and transpose, so it adds
-        # no pass over them. The backward pass of the interleaved layout does
-        # add pad fusions over dq and dk, and GPU and TPU fusion is unchecked.
+        # and k fuses with their transpose for the attention einsums, so it
+        # adds no pass over them. The backward pass adds two (a copy and an
+        # add over dq and dk; `python -m benchmarks.op_profile` shows them),
+        # and GPU and TPU fusion is unchecked.
         q, k, v, bias = position.transform(q, k, v, positions, k_positions)
         use_dropout = not deterministic and config.attention_dropout_rate > 0.0
         segments = mask if isinstance(mask, masks.SegmentMask) else None
@@ -366,7 +410,10 @@ class SelfAttention(nn.Module):
             config.hidden_size,
             axis=(-2, -1),
             dtype=config.dtype,
-            kernel_init=dense_init(config, ("heads", "kv", "embed")),
+            kernel_init=dense_general_partitioning(
+                nn.initializers.normal(config.initializer_range),
+                ("heads", "kv", "embed"),
+            ),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
             name="output",
         )(out)  # [B, T, N, H] -> [B, T, D]
@@ -387,6 +434,7 @@ class FeedForward(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)),
             name="intermediate",
         )(x)
+        x = nn.with_logical_constraint(x, MLP_AXES)  # [B, T, F]
         x = nn.gelu(x, approximate=False)
         x = nn.Dense(
             config.hidden_size,
@@ -417,7 +465,7 @@ class Block(nn.Module):
         cache: "DecodeCache | None" = None,
     ):
         config = self.config
-        dropout = nn.Dropout(config.dropout_rate)
+        dropout = Dropout(config.dropout_rate)
         attention = SelfAttention(config, name="attention")
         feed_forward = FeedForward(config, name="feed_forward")
         norm_attention = layer_norm(config, "attention_layer_norm")
@@ -432,11 +480,13 @@ class Block(nn.Module):
             )
             x = x + dropout(y, deterministic=deterministic)
             y = feed_forward(norm_feed_forward(x), deterministic=deterministic)
-            return x + dropout(y, deterministic=deterministic)
-        y = attention(x, positions, mask, deterministic=deterministic, cache=cache)
-        x = norm_attention(x + dropout(y, deterministic=deterministic))
-        y = feed_forward(x, deterministic=deterministic)
-        return norm_feed_forward(x + dropout(y, deterministic=deterministic))
+            x = x + dropout(y, deterministic=deterministic)
+        else:
+            y = attention(x, positions, mask, deterministic=deterministic, cache=cache)
+            x = norm_attention(x + dropout(y, deterministic=deterministic))
+            y = feed_forward(x, deterministic=deterministic)
+            x = norm_feed_forward(x + dropout(y, deterministic=deterministic))
+        return nn.with_logical_constraint(x, HIDDEN_AXES)
 
 
 def block_class(config: ModelConfig) -> type[Block]:

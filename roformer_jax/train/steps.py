@@ -4,13 +4,15 @@ The task supplies the forward pass and the loss; see `tasks` for the batch
 layouts.
 """
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax.typing import LogicalRules
 from jax.sharding import Mesh
 
 from roformer_jax.train import mesh as mesh_lib
@@ -27,6 +29,24 @@ class Steps:
     evaluate: Callable[[object, Batch, int], dict]  # (params, batch, step)
 
 
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: LogicalRules | None) -> Iterator[None]:
+    """Bind the model's `nn.with_logical_constraint` calls to `mesh` by `rules`.
+
+    It sets the abstract mesh and the Flax logical axis rules. Enter it inside
+    the function that `jax.jit` traces, where `jax.set_mesh` raises (jax
+    0.10.2). With `rules` None it sets nothing, so the constraints do nothing.
+    """
+    if rules is None:
+        yield
+        return
+    with (
+        jax.sharding.use_abstract_mesh(mesh.abstract_mesh),
+        nn.logical_axis_rules(rules),
+    ):
+        yield
+
+
 def make_steps(
     task,
     model: nn.Module,
@@ -37,8 +57,14 @@ def make_steps(
     dropout_seed: int,
     *,
     skip_nonfinite: bool = False,
+    rules: LogicalRules | None = None,
 ) -> Steps:
     """Jit the steps with explicit shardings; the train step donates its state.
+
+    `rules` are the logical axis rules (`mesh_lib.axis_rules(config.mesh)`) that
+    map the model's activation constraints to `mesh` axes while the steps are
+    traced. Without them the compiler chooses every activation's sharding
+    from the parameter and batch shardings alone.
 
     The dropout key of step s is `fold_in(PRNGKey(dropout_seed), s)`, so a
     resumed run draws the same masks as an uninterrupted one. Models with
@@ -68,7 +94,10 @@ def make_steps(
         }
 
         def loss_fn(params):
-            outputs = task.forward(model, params, batch, deterministic=False, rngs=rngs)
+            with activation_sharding(mesh, rules):
+                outputs = task.forward(
+                    model, params, batch, deterministic=False, rngs=rngs
+                )
             sums = task.loss_sums(outputs, batch)
             return sums["loss_sum"] / jnp.maximum(sums["weight_sum"], 1.0), sums
 
@@ -107,7 +136,8 @@ def make_steps(
     def eval_step(params, batch: Batch, step):
         # Evaluation after step s uses the features of the period s - 1 is in.
         rngs = favor_rngs(jnp.maximum(step - 1, 0))
-        outputs = task.forward(model, params, batch, deterministic=True, rngs=rngs)
+        with activation_sharding(mesh, rules):
+            outputs = task.forward(model, params, batch, deterministic=True, rngs=rngs)
         return task.eval_outputs(outputs, batch)
 
     batch_sharding = mesh_lib.batch_sharding(mesh)
