@@ -21,8 +21,7 @@ from roformer_jax.train.faults import NonFiniteError
 from roformer_jax.train.trainer import setup, train_and_evaluate, train_loop
 from roformer_jax.train.validation import ConfigError
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_COPY = ROOT / ".." / "shared" / "data" / "tiny_shakespeare"
+from helpers import ROOT, SHARED_COPY
 
 
 @pytest.fixture(scope="module")

@@ -17,39 +17,13 @@ from roformer_jax.train.optimizer import learning_rate_schedule
 from roformer_jax.train.trainer import setup, train_and_evaluate
 from roformer_jax.train.validation import ConfigError, validate_config
 
-SHARED_COPY = (
-    pathlib.Path(__file__).resolve().parents[1]
-    / ".."
-    / "shared"
-    / "data"
-    / "tiny_shakespeare"
-)
+from helpers import SHARED_COPY, smoke_config, train_losses
 
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory) -> str:
     """One prepared TFDS data dir shared by every test in the session."""
     return str(tmp_path_factory.mktemp("tensorflow_datasets"))
-
-
-def smoke_config(tfds_dir: str, **overrides):
-    config = tiny_shakespeare.get_config("smoke")
-    with config.unlocked():
-        config.data.data_dir = tfds_dir
-        config.data.manual_dir = str(SHARED_COPY)
-        config.train.tensorboard = False
-        for dotted, value in overrides.items():
-            group, name = dotted.split("__")
-            config[group][name] = value
-    return config
-
-
-def train_losses(workdir) -> list[float]:
-    return [
-        row["train/loss"]
-        for row in metrics_lib.read_metrics(str(workdir))
-        if "train/loss" in row
-    ]
 
 
 def test_train_step_lowers_loss(tfds_dir, tmp_path):

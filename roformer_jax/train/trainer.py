@@ -131,6 +131,7 @@ def setup(config, workdir: str) -> Run:
     checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"),
         max_to_keep=config.train.max_checkpoints_to_keep,
+        global_batch_size=config.data.global_batch_size,
     )
     state, start_step = _restore(checkpointer, layout)
     if start_step == 0 and config.get("finetune", {}).get("init_workdir"):
@@ -157,6 +158,7 @@ def setup(config, workdir: str) -> Run:
         mesh,
         dropout_seed=config.seed + 1,
         skip_nonfinite=config.train.get("nonfinite_policy", "stop") == "skip",
+        rules=rules,
     )
     sample = data.train.batch(0)
     tokens_per_step = int(sample["inputs"].size) * shard.count
@@ -195,14 +197,18 @@ def _restore(checkpointer: Checkpointer, layout: StateLayout) -> tuple[TrainStat
 
     A checkpoint that cannot be read (truncated or corrupted files) is moved
     aside with a warning naming its step, and the one before it is tried.
-    A checkpoint that does not fit the config is an error, not a fallback.
+    A checkpoint that does not fit the config is an error, not a fallback,
+    and so is running out of memory while reading one: the files are fine,
+    and moving them aside would restart training from step 0.
     """
     for step in sorted(checkpointer.all_steps(), reverse=True):
         try:
             state, data_state = checkpointer.restore(step, layout.abstract)
-        except CheckpointMismatchError:
+        except (CheckpointMismatchError, MemoryError):
             raise
         except Exception as error:  # noqa: BLE001  (any read failure falls back)
+            if "RESOURCE_EXHAUSTED" in str(error):
+                raise
             moved_to = checkpointer.set_aside(step)
             logger.warning(
                 "Checkpoint %d is unreadable (%s: %s); moved it to %s and trying "
