@@ -22,7 +22,11 @@ sample."""
 
 # Records from earlier work, kept in files of their own and copied into the
 # page by every run.
-INCLUDED_SECTIONS = (harness.REPO_ROOT / "docs" / "benchmarks" / "tiny_shakespeare.md",)
+# Hand-written notes on the last suite run, then older records.
+INCLUDED_SECTIONS = (
+    harness.REPO_ROOT / "docs" / "benchmarks" / "notes.md",
+    harness.REPO_ROOT / "docs" / "benchmarks" / "tiny_shakespeare.md",
+)
 
 NAMES = {
     "roformer_jax": "roformer_jax",
