@@ -6,7 +6,7 @@ r"""Where our masked-LM train step spends its time, op by op.
 For each scenario it compiles the train step of `benchmarks/shapes.py`
 (the same one as the training benchmark, through `jax_sessions`), runs it
 twice untimed, then `--runs` times under `jax.profiler.trace`. The trace
-holds one event per executed XLA instruction (a fusion, a dot, a copy...).
+contains one event per executed XLA instruction (a fusion, a dot, a copy...).
 Each instruction is named in the optimized HLO, whose metadata records the
 model operation it came from (`.../layer_0/attention/query/dot_general`).
 The page sums the events by part of the model (`CATEGORIES`) and by
@@ -249,20 +249,28 @@ def render(results: list[dict], meta: dict) -> str:
 def _main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; see --help.")
+
     by_name = {shape.name: shape for shape in shapes.training_shapes(FLAGS.quick)}
     unknown = sorted(set(FLAGS.configs) - set(by_name))
     if unknown:
-        raise app.UsageError(f"--configs names {unknown}; use {sorted(by_name)}.")
+        raise app.UsageError(
+            f"--configs has unknown shapes {unknown}; use {sorted(by_name)}."
+        )
     try:
         dropouts = [float(value) for value in FLAGS.dropouts]
     except ValueError as error:
-        raise app.UsageError(f"--dropouts={FLAGS.dropouts}: {error}") from None
+        raise app.UsageError(
+            f"--dropouts={FLAGS.dropouts} is invalid ({error}); use numbers such "
+            "as 0.1,0."
+        ) from None
+
     harness.pin_to_cpus(harness.resolve_cpus(None))
     results = [
         profile(Scenario(by_name[name], dropout), FLAGS.runs, FLAGS.top)
         for name in FLAGS.configs
         for dropout in dropouts
     ]
+
     default = QUICK_OUTPUT if FLAGS.quick else DEFAULT_OUTPUT
     output = Path(FLAGS.output) if FLAGS.output else default
     meta = {
@@ -270,6 +278,7 @@ def _main(argv) -> None:
         "machine": harness.cpu_model(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
     }
+
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(render(results, meta), encoding="utf-8")
     output.with_suffix(".json").write_text(

@@ -249,21 +249,35 @@ def eight_device_mesh() -> Mesh:
     return Mesh(np.asarray(jax.devices()[:8]), ("data",))
 
 
-def test_changed_global_batch_size_rejected(tmp_path):
+def save_small_state(directory, global_batch_size: int | None) -> dict:
+    """Save `small_state` as step 1 with this batch size; return the state."""
     writer = checkpoint_lib.Checkpointer(
-        str(tmp_path), max_to_keep=1, global_batch_size=8
+        str(directory), max_to_keep=1, global_batch_size=global_batch_size
     )
     state = small_state(eight_device_mesh())
     writer.save(1, state, {"next_step": 1})
     writer.close()
+    return state
 
+
+def restore_small_state(directory, state, global_batch_size: int | None):
+    """Restore step 1 into the layout of `state`; return (state, data state)."""
     reader = checkpoint_lib.Checkpointer(
-        str(tmp_path), max_to_keep=1, global_batch_size=16
+        str(directory), max_to_keep=1, global_batch_size=global_batch_size
     )
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    try:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        return reader.restore(1, abstract)
+    finally:
+        reader.close()
+
+
+def test_changed_global_batch_size_rejected(tmp_path):
+    state = save_small_state(tmp_path, global_batch_size=8)
+
     with pytest.raises(checkpoint_lib.CheckpointMismatchError) as error:
-        reader.restore(1, abstract)
-    reader.close()
+        restore_small_state(tmp_path, state, global_batch_size=16)
+
     assert "written with data.global_batch_size=8" in str(error.value)
     assert "this config sets data.global_batch_size=16" in str(error.value)
 
@@ -271,35 +285,19 @@ def test_changed_global_batch_size_rejected(tmp_path):
 def test_checkpoint_without_batch_size_restores(tmp_path):
     """Checkpoints written before the global batch size was stored restore
     under a checkpointer that checks it."""
-    writer = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=1)
-    state = small_state(eight_device_mesh())
-    writer.save(1, state, {"next_step": 1})
-    writer.close()
+    state = save_small_state(tmp_path, global_batch_size=None)
 
-    reader = checkpoint_lib.Checkpointer(
-        str(tmp_path), max_to_keep=1, global_batch_size=16
-    )
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored, data_state = reader.restore(1, abstract)
-    reader.close()
+    restored, data_state = restore_small_state(tmp_path, state, global_batch_size=16)
+
     assert data_state == {"next_step": 1}
     np.testing.assert_array_equal(restored["w"], np.asarray(state["w"]))
 
 
 def test_stored_batch_size_restores(tmp_path):
-    writer = checkpoint_lib.Checkpointer(
-        str(tmp_path), max_to_keep=1, global_batch_size=8
-    )
-    state = small_state(eight_device_mesh())
-    writer.save(1, state, {"next_step": 1})
-    writer.close()
+    state = save_small_state(tmp_path, global_batch_size=8)
 
-    reader = checkpoint_lib.Checkpointer(
-        str(tmp_path), max_to_keep=1, global_batch_size=8
-    )
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    _, data_state = reader.restore(1, abstract)
-    reader.close()
+    _, data_state = restore_small_state(tmp_path, state, global_batch_size=8)
+
     assert data_state == {"next_step": 1, "global_batch_size": 8}
 
 
@@ -421,8 +419,8 @@ def test_resume_with_other_batch_size_stops(tfds_dir, eight_device_runs, tmp_pat
 def test_out_of_memory_on_restore_keeps_the_checkpoint(
     tfds_dir, eight_device_runs, tmp_path, monkeypatch
 ):
-    """Running out of memory while reading says nothing about the files, so
-    the checkpoint must not be moved aside (that would restart at step 0)."""
+    """Running out of memory while reading does not mean the files are
+    damaged, so the checkpoint stays (moving it aside restarts at step 0)."""
     workdir = tmp_path / "resumed"
     shutil.copytree(eight_device_runs.stopped, workdir)
 

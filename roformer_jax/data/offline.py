@@ -56,7 +56,7 @@ def check_reachable(url: str, *, dataset: str, hint: str) -> None:
     """Raise DatasetUnavailableError unless a TCP connection for `url` opens.
 
     `dataset` names the data in the message ("The enwik8 dataset"), and `hint`
-    tells how to use a local copy instead.
+    explains how to use a local copy instead.
 
     NOTE: the DNS lookup inside `create_connection` takes no timeout, so a
     resolver that hangs delays the error by its own timeout (with the glibc
@@ -104,9 +104,9 @@ class FailFastDownloadManager:
             requests.RequestException,
             tfds.download.DownloadError,
         ) as error:
-            shown = url_list[0] if len(url_list) == 1 else url_list
+            source = url_list[0] if len(url_list) == 1 else url_list
             raise DatasetUnavailableError(
-                f"{self._dataset} could not be downloaded from {shown} "
+                f"{self._dataset} could not be downloaded from {source} "
                 f"({type(error).__name__}: {error}). {self._hint}"
             ) from error
 

@@ -70,7 +70,7 @@ class RandomWindows:
     """Training batches of windows that start at uniformly random offsets.
 
     The batch of step s depends only on (seed, s), so a run resumed at step s
-    sees the same batches as one that never stopped. `batch_size` is the
+    gets the same batches as one that never stopped. `batch_size` is the
     global B; `batch` returns the rows of shard `shard_index` of `num_shards`.
     """
 
