@@ -413,11 +413,12 @@ def test_two_processes_exit_cleanly(two_process_run):
 def test_two_processes_match_one_process(two_process_run):
     root = two_process_run["root"]
     for prefix in ("train", "eval"):
-        two, one = _rows(root / "two", prefix), _rows(root / "one", prefix)
-        assert sorted(two) == sorted(one), prefix
+        two_process = _rows(root / "two", prefix)
+        one_process = _rows(root / "one", prefix)
+        assert sorted(two_process) == sorted(one_process), prefix
         np.testing.assert_allclose(
-            [two[step][f"{prefix}/loss"] for step in sorted(two)],
-            [one[step][f"{prefix}/loss"] for step in sorted(one)],
+            [two_process[step][f"{prefix}/loss"] for step in sorted(two_process)],
+            [one_process[step][f"{prefix}/loss"] for step in sorted(one_process)],
             rtol=1e-5,
             err_msg=prefix,
         )
@@ -455,5 +456,5 @@ def test_two_process_checkpoint_restores_alone(two_process_run):
     assert restored["two"][0] == 4
     two_leaves = jax.tree.leaves(restored["two"][1])
     one_leaves = jax.tree.leaves(restored["one"][1])
-    for two, one in zip(two_leaves, one_leaves, strict=True):
-        np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-6)
+    for two_leaf, one_leaf in zip(two_leaves, one_leaves, strict=True):
+        np.testing.assert_allclose(two_leaf, one_leaf, rtol=1e-5, atol=1e-6)
